@@ -1,0 +1,131 @@
+"""Adapters from common model parameterisations to the denoiser convention D(x, sigma[B]) -> x0 estimate.
+
+EDM / k-diffusion convention: x = x0 + sigma * noise (unscaled), sigma a tensor of shape [B].
+Every scaling is one lincomb with per-sample coefficient rows [B, K] built on the device (no host sync).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from .schedules import sigmas_from_alphas_cumprod
+
+
+def unwrap_output(out: Any) -> Tensor:
+    """A model's prediction: the tensor itself, `.sample` (diffusers outputs) or the first tuple element."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"model returned {type(out).__name__}; expected a tensor, an object with .sample, or a tuple")
+
+
+def _rows(*columns: Tensor) -> Tensor:
+    """Per-sample coefficient rows [B, K] from K vectors of shape [B]."""
+    return torch.stack([c.float() for c in columns], dim=1)
+
+
+class EpsDenoiser(nn.Module):
+    """A DDPM epsilon-prediction model eps(x_t, t) as a denoiser (k-diffusion's DiscreteEpsDDPMDenoiser).
+
+    c_in = 1 / sqrt(sigma^2 + 1), D = x - sigma * eps(c_in * x, t(sigma)); t(sigma) interpolates the
+    training timesteps linearly in log sigma (or picks the nearest with quantize=True).
+    """
+
+    def __init__(self, eps_model: Callable[..., Any], alphas_cumprod: Tensor, quantize: bool = False):
+        super().__init__()
+        self.inner_model = eps_model
+        self.quantize = quantize
+        self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float(), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.float().log()
+        dists = log_sigma - log_sigmas[:, None]
+        if self.quantize:
+            return dists.abs().argmin(dim=0).view(sigma.shape)
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        c_in = (sigma.float() ** 2 + 1).rsqrt()
+        x_in = ops.lincomb([x], c_in[:, None])
+        eps = unwrap_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs))
+        return ops.lincomb([x, eps.to(x.dtype)], _rows(torch.ones_like(sigma), -sigma))
+
+
+class VDenoiser(EpsDenoiser):
+    """A DDPM v-prediction model v(x_t, t) as a denoiser (k-diffusion's DiscreteVDDPMDenoiser, sigma_data = 1):
+    D = c_skip x + c_out v(c_in x, t), c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)."""
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        sigma32 = sigma.float()
+        c_in = (sigma32**2 + 1).rsqrt()
+        x_in = ops.lincomb([x], c_in[:, None])
+        v = unwrap_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs))
+        return ops.lincomb([x, v.to(x.dtype)], _rows(c_in**2, -sigma32 * c_in))
+
+
+class FlowDenoiser(nn.Module):
+    """A rectified-flow velocity model v(x_t, t) as a denoiser; x_t = t * data + (1 - t) * noise, t = 1 is data.
+
+    With t = 1/(1+sigma), x_t = t * x_edm, so D(x, sigma) = (x + sigma * v(x/(1+sigma), 1/(1+sigma))) / (1+sigma).
+    """
+
+    def __init__(self, velocity_model: Callable[..., Any]):
+        super().__init__()
+        self.inner_model = velocity_model
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        t = 1 / (1 + sigma.float())
+        v = unwrap_output(self.inner_model(ops.lincomb([x], t[:, None]), t, **kwargs))
+        return ops.lincomb([x, v.to(x.dtype)], _rows(t, sigma.float() * t))
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance: D = D_uncond + scale * (D_cond - D_uncond), cond and uncond in one batched call.
+
+    `forward(x, sigma, cond=..., uncond=...)` concatenates [uncond, cond] along the batch and passes it to the
+    inner denoiser as the keyword `cond_kwarg` (e.g. "encoder_hidden_states" for diffusers U-Nets, "class_labels"
+    for class-conditional ones). The combine is one lincomb whose row [1 - scale, scale] lives on the device, so
+    `set_scale` changes it without recapturing a graph.
+    """
+
+    def __init__(self, denoiser: Callable[..., Tensor], scale: float, cond_kwarg: str = "cond"):
+        super().__init__()
+        self.inner_model = denoiser
+        self.cond_kwarg = cond_kwarg
+        self.register_buffer("combine", torch.empty(2), persistent=False)
+        self.set_scale(scale)
+
+    def set_scale(self, scale: float) -> None:
+        self.scale = float(scale)
+        self.combine.copy_(torch.tensor([1.0 - self.scale, self.scale]))
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor, **kwargs: Any) -> Tensor:
+        if cond.shape != uncond.shape:
+            raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+        if self.combine.device != x.device:
+            self.combine = self.combine.to(x.device)
+        batch = x.shape[0]
+        both = self.inner_model(
+            torch.cat([x, x]), torch.cat([sigma, sigma]), **{self.cond_kwarg: torch.cat([uncond, cond])}, **kwargs
+        )
+        both = unwrap_output(both)
+        return ops.lincomb([both[:batch], both[batch:]], self.combine)

@@ -1,0 +1,29 @@
+"""Solver families: one coefficient table + step function each, all run by the loop in base.py."""
+from .amed import AMED
+from .base import DeviceTables, Run, Solver, prepare, sample
+from .consistency import Consistency
+from .ddim import DDIM, ddim_timesteps
+from .dpm2 import DPM2
+from .dpmpp import DPMpp2M
+from .euler import Euler, EulerAncestral
+from .heun import Heun
+from .shortcut import Shortcut
+
+SOLVERS: dict[str, type[Solver]] = {
+    cls.name: cls for cls in (Euler, EulerAncestral, Heun, DPM2, DPMpp2M, AMED, DDIM, Shortcut, Consistency)
+}
+
+
+def get_solver(solver: "str | Solver", **options) -> Solver:
+    """A solver instance from its name (with constructor options) or an instance as is."""
+    if isinstance(solver, Solver):
+        if options:
+            raise ValueError(f"options {sorted(options)} given with a solver instance; pass them to its constructor")
+        return solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    return SOLVERS[solver](**options)
+
+
+__all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPMpp2M", "DeviceTables", "Euler", "EulerAncestral", "Heun",
+           "Run", "SOLVERS", "Shortcut", "Solver", "ddim_timesteps", "get_solver", "prepare", "sample"]

@@ -1,0 +1,82 @@
+"""AMED-Solver (Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps", Alg. 1)
+with the analytic first step (AFS, sec. 3.3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from .base import Run, Solver
+
+# predictor(x, sigma[B], sigma_next[B]) -> r [B] or (r, scale_dir, scale_time), each [B]
+Predictor = Callable[[Tensor, Tensor, Tensor], "Tensor | tuple[Tensor, Tensor, Tensor]"]
+
+
+def amed_coefficients(sigma: Tensor, sigma_next: Tensor, r, scale_dir, scale_time, analytic: bool):
+    """The step's numbers, for host float64 tables ([n]) and per-sample device rows ([B]) alike:
+    t_mid = t_next^r t^(1-r); x_mid = x + (t_mid - t) d, with d = (x - D)/t, or d = x / sqrt(1 + t^2) for AFS;
+    x_next = x + c (t_next - t) (x_mid - D(x_mid, s t_mid)) / t_mid, c = scale_dir, s = scale_time.
+    Returns (model sigma at the midpoint, midpoint row on [x, D] (AFS: [x]), final row on [x, x_mid, D_mid])."""
+    t_mid = sigma_next**r * sigma ** (1 - r)
+    if analytic:
+        midpoint = torch.stack([1 + (t_mid - sigma) / (1 + sigma**2).sqrt(), torch.zeros_like(sigma)], dim=-1)
+    else:
+        midpoint = torch.stack([t_mid / sigma, 1 - t_mid / sigma], dim=-1)
+    slope = scale_dir * (sigma_next - sigma) / t_mid
+    final = torch.stack([torch.ones_like(slope), slope, -slope], dim=-1)
+    return scale_time * t_mid, midpoint, final
+
+
+class AMED(Solver):
+    """One midpoint model call per step; the midpoint exponent r (and the scales) come from the learned predictor,
+    or r = 1/2 (geometric mean, DPM-Solver-2's midpoint) and the given scales without one. With `afs` the first
+    step's direction is the analytic x / sqrt(1 + sigma^2) (no model call). The step to sigma = 0 is Euler."""
+
+    name = "amed"
+
+    def __init__(self, predictor: Predictor | None = None, afs: bool = True, scale_dir: float = 1.0,
+                 scale_time: float = 1.0):
+        self.predictor, self.afs = predictor, bool(afs)
+        self.scale_dir, self.scale_time = float(scale_dir), float(scale_time)
+
+    def config(self) -> tuple:
+        return (type(self).__name__, id(self.predictor), self.afs, self.scale_dir, self.scale_time)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:].clone()
+        sigma_next[-1] = sigma[-1] / 2  # placeholder: the last step is Euler and never reads its row
+        sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, 0.5, self.scale_dir, self.scale_time, False)
+        if self.afs:
+            _, afs_row, _ = amed_coefficients(sigma[:1], sigma_next[:1], 0.5, 1.0, 1.0, True)
+            midpoint[0] = afs_row[0]
+        last = 1 - sigma[-1:] / (1 + sigma[-1:] ** 2).sqrt()  # AFS Euler step to 0 when n = 1
+        return {"sigma": sigma, "sigma_next": sigmas[1:], "sigma_mid": sigma_mid, "midpoint": midpoint,
+                "final": final, "afs_euler": torch.stack([last, torch.zeros_like(last)], dim=1)}
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        analytic = self.afs and i == 0
+        last = i == run.n_steps - 1
+        if analytic and last:
+            return run.lincomb("afs_euler", 0, x)
+        if not analytic:
+            denoised = run.call(x, i, "sigma")
+            run.report(i, x, denoised)
+            if last:
+                return denoised
+        if self.predictor is None:
+            x_mid = run.lincomb("midpoint", i, x) if analytic else run.lincomb("midpoint", i, x, denoised)
+            denoised_mid = run.call(x_mid, i, "sigma_mid")
+            return run.lincomb("final", i, x, x_mid, denoised_mid)
+        return self.predicted_step(run, i, x, None if analytic else denoised)
+
+    def predicted_step(self, run: Run, i: int, x: Tensor, denoised: Tensor | None) -> Tensor:
+        """The step with per-sample (r, scale_dir, scale_time) from the predictor: per-batch lincomb rows."""
+        sigma, sigma_next = run.value("sigma", i), run.value("sigma_next", i)
+        pred = self.predictor(x, sigma, sigma_next)
+        r, scale_dir, scale_time = pred if isinstance(pred, tuple) else (pred, 1.0, 1.0)
+        sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, r, scale_dir, scale_time, denoised is None)
+        x_mid = ops.lincomb([x], midpoint[:, :1]) if denoised is None else ops.lincomb([x, denoised], midpoint)
+        denoised_mid = run.call_with(x_mid, f"step {i} (predicted midpoint)", sigma_mid)
+        return ops.lincomb([x, x_mid, denoised_mid], final)

@@ -1,0 +1,37 @@
+"""Stochastic churn shared by the k-diffusion Euler, Heun and DPM-2 samplers (EDM, Karras et al. 2022, Alg. 2)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Run, Solver
+
+
+class ChurnSolver(Solver):
+    """Adds EDM's churn: gamma_i = min(s_churn / n, sqrt(2) - 1) for s_tmin <= sigma_i <= s_tmax,
+    sigma_hat = sigma_i (1 + gamma_i), x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) * s_noise * z (Alg. 2, lines 4-6)."""
+
+    def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
+        if s_churn < 0:
+            raise ValueError(f"s_churn must be >= 0, got {s_churn}")
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = float(s_churn), float(s_tmin), float(s_tmax), float(s_noise)
+
+    def churn_tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        """'sigma' [n], 'sigma_hat' [n] and, with churn, the row [1, s_noise sqrt(sigma_hat^2 - sigma^2)]."""
+        sigma = sigmas[:-1]
+        in_range = (sigma >= self.s_tmin) & (sigma <= self.s_tmax)
+        gamma = torch.where(in_range, min(self.s_churn / len(sigma), math.sqrt(2) - 1), 0.0)
+        sigma_hat = sigma * (gamma + 1)
+        tables = {"sigma": sigma, "sigma_hat": sigma_hat}
+        if self.s_churn > 0:
+            noise_scale = self.s_noise * (sigma_hat**2 - sigma**2).sqrt()
+            tables["churn"] = torch.stack([torch.ones_like(sigma), noise_scale], dim=1)
+        return tables
+
+    def add_churn(self, run: Run, i: int, x: Tensor) -> Tensor:
+        """One fused launch when churn is on; noise is drawn every step, as k-diffusion does (same RNG use)."""
+        if self.s_churn == 0:
+            return x
+        return run.lincomb("churn", i, x, run.noise(i))

@@ -1,0 +1,64 @@
+"""Euler (k-diffusion's sample_euler, EDM Alg. 2 without the correction) and Euler ancestral."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Run, Solver
+from .churn import ChurnSolver
+
+
+class Euler(ChurnSolver):
+    """x_{i+1} = x + (sigma_{i+1} - sigma_hat) (x - D) / sigma_hat  (Karras et al. 2022, eq. 4 / Alg. 2 line 8),
+    one lincomb on [x, D]: [sigma_{i+1} / sigma_hat, 1 - sigma_{i+1} / sigma_hat]."""
+
+    name = "euler"
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        tables = self.churn_tables(sigmas)
+        ratio = sigmas[1:] / tables["sigma_hat"]
+        tables["euler"] = torch.stack([ratio, 1 - ratio], dim=1)
+        return tables
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        x = self.add_churn(run, i, x)
+        denoised = run.call(x, i, "sigma_hat")
+        run.report(i, x, denoised, "sigma_hat")
+        if i == run.n_steps - 1:
+            return denoised  # the Euler step to sigma = 0 lands exactly on D
+        return run.lincomb("euler", i, x, denoised)
+
+
+def ancestral_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """k-diffusion's get_ancestral_step: sigma_up^2 = eta^2 sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2
+    (capped at sigma_next), sigma_down^2 = sigma_next^2 - sigma_up^2."""
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
+    sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+    return sigma_down, sigma_up
+
+
+class EulerAncestral(Solver):
+    """Euler to sigma_down, then noise up to sigma_next (Ho et al. 2020 ancestral sampling in k-diffusion's form):
+    one lincomb on [x, D, z]: [sigma_down / sigma, 1 - sigma_down / sigma, s_noise sigma_up]."""
+
+    name = "euler_ancestral"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta, self.s_noise = float(eta), float(s_noise)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:]
+        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, self.eta)
+        ratio = sigma_down / sigma
+        return {"sigma": sigma, "ancestral": torch.stack([ratio, 1 - ratio, self.s_noise * sigma_up], dim=1)}
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if i == run.n_steps - 1:
+            return denoised  # sigma_down = sigma_up = 0
+        if self.eta == 0:
+            return run.lincomb("ancestral", i, x, denoised)  # deterministic: the noise column is 0
+        return run.lincomb("ancestral", i, x, denoised, run.noise(i))

@@ -1,0 +1,27 @@
+"""Shortcut-model sampling (Frans et al. 2024, "One Step Diffusion via Shortcut Models", sec. 3):
+a flow model conditioned on the step size, v(x_t, t, d), with x_{t+d} = x_t + d v, t from 0 (noise) to 1 (data)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Run, Solver
+
+
+class Shortcut(Solver):
+    """steps uniform steps of size d = 1/steps; one model call and one lincomb [1, d] on [x, v] per step."""
+
+    name = "shortcut"
+
+    def check_schedule(self, times: Tensor) -> None:
+        t = times.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
+        if t.dim() != 1 or len(t) < 2 or t[0] != 0 or t[-1] != 1 or ((t[1:] - t[:-1]) <= 0).any():
+            raise ValueError(f"flow times must increase from 0 to 1, got {t.tolist()}")
+
+    def tables(self, times: Tensor) -> dict[str, Tensor]:
+        d = times[1:] - times[:-1]
+        return {"t": times[:-1], "d": d, "update": torch.stack([torch.ones_like(d), d], dim=1)}
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        v = run.call(x, i, "t", "d")
+        return run.lincomb("update", i, x, v)
