@@ -27,10 +27,9 @@ def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
         return torch.full((1,), float(value), dtype=torch.float32, device=like.device)
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but the data is on {like.device}; keep scalars on the data's device")
-    if value.dim() > 1 or value.numel() not in (1, like.shape[0]):
-        raise ValueError(
-            f"{name} must have 1 element or one per batch element ({like.shape[0]}), got shape {tuple(value.shape)}"
-        )
+    batch = like.shape[0] if like.dim() else 1
+    if value.dim() > 1 or value.numel() not in (1, batch):
+        raise ValueError(f"{name} must have 1 element or one per batch element ({batch}), got shape {tuple(value.shape)}")
     return value.reshape(-1).to(torch.float32).contiguous()
 
 
