@@ -5,6 +5,7 @@ dispatcher falls back to the other backends. Set FUSED_DIFFUSION_NO_JIT=1 to ski
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -37,12 +38,15 @@ def _with_cuda() -> bool:
 
 
 def _load() -> tuple[ModuleType | None, str]:
-    try:
-        from fused_diffusion import _C
+    if importlib.util.find_spec("fused_diffusion._C") is None:
+        prebuilt = "fused_diffusion._C was not built at install time"
+    else:
+        try:
+            from fused_diffusion import _C
 
-        return _C, "prebuilt fused_diffusion._C"
-    except ImportError as e:  # not built, or built against another torch (undefined symbols)
-        prebuilt = f"no usable prebuilt fused_diffusion._C ({e})"
+            return _C, "prebuilt fused_diffusion._C"
+        except ImportError as e:  # e.g. built against another torch version (undefined symbols)
+            prebuilt = f"prebuilt fused_diffusion._C does not import ({e})"
     if os.environ.get("FUSED_DIFFUSION_NO_JIT") == "1":
         return None, f"{prebuilt}; JIT build disabled by FUSED_DIFFUSION_NO_JIT=1"
     if not _CSRC.is_dir():
