@@ -1,6 +1,7 @@
 """Torch definitions of every fused op: the ground truth each backend is tested against.
 
-All arithmetic is done in float32 and the result stored in the output dtype, as the fused kernels do.
+All arithmetic is done in float32 (float64 for float64 data, which only this reference handles) and the result
+stored in the output dtype, as the fused kernels do.
 Coefficients and scalars are device tensors, never Python floats, so no op here syncs with the host.
 """
 from __future__ import annotations
@@ -29,10 +30,11 @@ def lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Tensor | None = None)
 
     coeffs is one row [K] shared by the batch, or one row per sample [B, K].
     """
+    compute = torch.float64 if inputs[0].dtype == torch.float64 else torch.float32
     acc = None
     for k, t in enumerate(inputs):
-        c = coeffs[..., k].float()
-        term = (_per_batch(c, t) if coeffs.dim() == 2 else c) * t.float()
+        c = coeffs[..., k].to(compute)
+        term = (_per_batch(c, t) if coeffs.dim() == 2 else c) * t.to(compute)
         acc = term if acc is None else acc + term
     dtype = out.dtype if out is not None else inputs[0].dtype
     result = acc.to(dtype)

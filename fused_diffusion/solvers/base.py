@@ -22,10 +22,10 @@ NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 
 
 class DeviceTables:
-    """A solver's tables on one device: float tables packed into one float32 buffer and integer tables into one
-    int64 buffer, so a new schedule of the same shape is written with one copy per buffer (graph-safe)."""
+    """A solver's tables on one device: float tables packed into one float32 buffer (float64 for float64 sampling)
+    and integer tables into one int64 buffer, so a new schedule of the same shape is one copy per buffer."""
 
-    def __init__(self, host: dict[str, Tensor], device: torch.device):
+    def __init__(self, host: dict[str, Tensor], device: torch.device, float_dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.layout = {name: (t.shape, t.is_floating_point()) for name, t in host.items()}
         sizes = {True: 0, False: 0}
@@ -34,7 +34,7 @@ class DeviceTables:
             self.offsets[name] = sizes[is_float]
             sizes[is_float] += shape.numel()
         self.buffers = {
-            True: torch.zeros(sizes[True], dtype=torch.float32, device=device),
+            True: torch.zeros(sizes[True], dtype=float_dtype, device=device),
             False: torch.zeros(sizes[False], dtype=torch.int64, device=device),
         }
         self.views = {
@@ -186,7 +186,8 @@ def prepare(solver: Solver, x: Tensor, schedule: Tensor) -> tuple[dict[str, Tens
     check_input(x)
     solver.check_schedule(schedule)
     host = solver.tables(schedule.detach().to("cpu", torch.float64))  # sync-ok: once per schedule
-    return host, DeviceTables(host, x.device)
+    float_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return host, DeviceTables(host, x.device, float_dtype)
 
 
 def sample(

@@ -22,7 +22,7 @@ class ChurnSolver(Solver):
         """'sigma' [n], 'sigma_hat' [n] and, with churn, the row [1, s_noise sqrt(sigma_hat^2 - sigma^2)]."""
         sigma = sigmas[:-1]
         in_range = (sigma >= self.s_tmin) & (sigma <= self.s_tmax)
-        gamma = torch.where(in_range, min(self.s_churn / len(sigma), math.sqrt(2) - 1), 0.0)
+        gamma = in_range.to(sigma.dtype) * min(self.s_churn / len(sigma), math.sqrt(2) - 1)
         sigma_hat = sigma * (gamma + 1)
         tables = {"sigma": sigma, "sigma_hat": sigma_hat}
         if self.s_churn > 0:
