@@ -1,0 +1,86 @@
+"""Shared fixtures: backend/device/dtype parametrisation and comparison helpers for the op tests.
+
+Without CUDA the Triton kernels run under the interpreter on CPU tensors; TRITON_INTERPRET must be
+set before anything imports triton, so it is set here, before the package is imported.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from fused_diffusion import ops  # noqa: E402  (after TRITON_INTERPRET)
+
+HAS_CUDA = torch.cuda.is_available()
+TOL = {torch.float64: 1e-5, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+# The interpreter mis-handles bf16 loads, so bf16 runs on GPU only.
+DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu, id="bfloat16")]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def backend_device(name: str) -> str:
+    """The device whose tensors a backend runs in these tests."""
+    if name == "cpp":
+        return "cpu"
+    return "cuda" if HAS_CUDA or name == "cuda" else "cpu"
+
+
+@pytest.fixture(params=["torch", "cpp", "cuda", "triton"])
+def backend(request: pytest.FixtureRequest):
+    """(name, device) with that backend forced for the test; skipped when it cannot run here."""
+    name = request.param
+    info = ops.backends()
+    if name not in info["available"]:
+        pytest.skip(f"{name} unavailable: {info['unavailable'][name]}")
+    device = backend_device(name)
+    if name == "cuda" and not HAS_CUDA:
+        pytest.skip("cuda backend needs a CUDA device")
+    with ops.use_backend(name):
+        yield name, device
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    return request.param
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 (NaN when out has unwritten poisoned elements)."""
+    diff = (out.double() - ref.double()).norm()
+    return (diff / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def assert_matches(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert not out.isnan().any(), "output has unwritten (NaN-poisoned) elements"
+    err = rel_err(out, ref)
+    assert err <= TOL[ref.dtype], f"relative error {err:.3g} > {TOL[ref.dtype]:g}"
+
+
+def poisoned(shape, dtype: torch.dtype, device: str, channels_last: bool = False) -> torch.Tensor:
+    """An output buffer filled with NaN, so elements a kernel fails to write are caught."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.full(shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=fmt)
+
+
+def randn(shape, dtype: torch.dtype, device: str, channels_last: bool = False, seed: int | None = None) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    t = torch.randn(shape, generator=gen).to(dtype=dtype, device=device)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
