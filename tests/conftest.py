@@ -61,6 +61,31 @@ def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param
 
 
+# (h shape, skip shape): odd sizes, 4-D U-Net features and other ranks (contiguous path).
+CONCAT_SHAPES = [
+    ((1, 1, 1, 1), (1, 2, 1, 1)),
+    ((3, 5, 7, 11), (3, 4, 7, 11)),
+    ((2, 3, 1023), (2, 1, 1023)),
+    ((7, 4097), (7, 1)),
+]
+
+
+def concat_scalars(kind: str, batch: int, device: str):
+    """(rho, b) in the forms the op accepts: device scalars, per-sample vectors, Python numbers, no b."""
+    gen = torch.Generator().manual_seed(batch)
+    vec = lambda n: (torch.rand(n, generator=gen) + 0.5).to(device)  # noqa: E731
+    return {
+        "scalar": (vec(1).reshape(()), None),
+        "per_sample": (vec(batch), vec(batch)),
+        "mixed": (vec(batch), vec(1)),
+        "python": (0.7, 1.3),
+    }[kind]
+
+
+def concat_shape(h_shape, skip_shape):
+    return (h_shape[0], h_shape[1] + skip_shape[1], *h_shape[2:])
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float64 (NaN when out has unwritten poisoned elements)."""
     diff = (out.double() - ref.double()).norm()

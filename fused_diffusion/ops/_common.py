@@ -17,7 +17,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
-    """A device scalar ([] / [1]) or per-sample [B] vector as contiguous float32 [1] or [B] on like's device.
+    """A device scalar ([] / [1]) or per-sample [B] vector (or [B, 1, ...], broadcastable against the data)
+    as contiguous float32 [1] or [B] on like's device.
 
     Python numbers are a convenience of the public wrappers: converted here, once per call.
     """
@@ -28,7 +29,7 @@ def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but the data is on {like.device}; keep scalars on the data's device")
     batch = like.shape[0] if like.dim() else 1
-    if value.dim() > 1 or value.numel() not in (1, batch):
+    if value.numel() not in (1, batch) or (value.dim() > 0 and value.shape[0] != value.numel()):
         raise ValueError(f"{name} must have 1 element or one per batch element ({batch}), got shape {tuple(value.shape)}")
     return value.reshape(-1).to(torch.float32).contiguous()
 
