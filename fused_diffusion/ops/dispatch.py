@@ -74,9 +74,9 @@ def use_backend(name: str) -> Iterator[None]:
     """Forces backend `name` for every fused op called inside the block (this thread / task only)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    why = [_unavailable(name, device) for device in _AUTO_ORDER]
-    if all(why):
-        raise RuntimeError(f"backend {name!r} is unavailable: {'; '.join(why)}")
+    why = _unavailable_everywhere(name)
+    if why:
+        raise RuntimeError(f"backend {name!r} is unavailable: {why}")
     token = _forced.set(name)
     try:
         yield
@@ -138,6 +138,12 @@ def _unavailable(name: str, device: str) -> Optional[str]:
     return None if mod.has_cuda() else "the extension was built without CUDA"
 
 
+def _unavailable_everywhere(name: str) -> Optional[str]:
+    """None when backend `name` runs on some device, else why not, per device."""
+    why = {device: _unavailable(name, device) for device in _AUTO_ORDER}
+    return "; ".join(f"{device}: {reason}" for device, reason in why.items()) if all(why.values()) else None
+
+
 def _forced_name() -> Optional[str]:
     name = _forced.get() or os.environ.get(_ENV) or None
     if name is not None and name not in BACKENDS:
@@ -164,9 +170,9 @@ def backends() -> dict:
     """Which backends can run, why the others cannot, and which one each device's tensors get now."""
     available, unavailable = [], {}
     for name in BACKENDS:
-        why = {device: _unavailable(name, device) for device in _AUTO_ORDER}
-        if all(why.values()):
-            unavailable[name] = "; ".join(f"{device}: {reason}" for device, reason in why.items())
+        why = _unavailable_everywhere(name)
+        if why:
+            unavailable[name] = why
         else:
             available.append(name)
     active = {}
@@ -218,12 +224,9 @@ def _impls(backend: str) -> SimpleNamespace:
     return _triton_impls()[0] if backend == "triton" else _EXT_IMPLS
 
 
-def _counted(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    def launch(*args: object) -> Tensor:
-        _launches[0] += 1
-        return impl(*args)
-
-    return launch
+def _launch(impl: Callable[..., Tensor], *args: object) -> Tensor:
+    _launches[0] += 1
+    return impl(*args)
 
 
 def _wants_grad(*tensors: Optional[Tensor]) -> bool:
@@ -247,17 +250,16 @@ def lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor] = No
     check_same(data, names, "device")
     _check_coeffs(coeffs, inputs)
     backend = _choose(inputs[0].device)
-    _launches[0] += 1
     if backend == "torch" or not uniform_float_dtype(data):
-        return reference.lincomb(inputs, coeffs, out)
-    impl = _impls(backend).lincomb
+        return _launch(reference.lincomb, inputs, coeffs, out)
+    launch = functools.partial(_launch, _impls(backend).lincomb)
     if _wants_grad(coeffs, *inputs):
         from .lincomb import LincombFunction
 
-        result = LincombFunction.apply(_counted(impl), coeffs, *inputs)
+        result = LincombFunction.apply(launch, coeffs, *inputs)
         return result if out is None else out.copy_(result)
     out = torch.empty_like(inputs[0]) if out is None else out
-    return impl(inputs, coeffs.to(torch.float32).contiguous(), out)
+    return launch(inputs, coeffs.to(torch.float32).contiguous(), out)
 
 
 def _check_coeffs(coeffs: Tensor, inputs: Sequence[Tensor]) -> None:
@@ -282,10 +284,9 @@ def blend(fresh: Tensor, cached: Tensor, w: Tensor | float, out: Optional[Tensor
     check_same(data, names, "device")
     w = as_scalar(w, fresh, "w")
     backend = _choose(fresh.device)
-    _launches[0] += 1
     if backend == "torch" or not uniform_float_dtype(data) or _wants_grad(fresh, cached, w):
-        return reference.blend(fresh, cached, w, out)
-    return _impls(backend).blend(fresh, cached, w, torch.empty_like(fresh) if out is None else out)
+        return _launch(reference.blend, fresh, cached, w, out)
+    return _launch(_impls(backend).blend, fresh, cached, w, torch.empty_like(fresh) if out is None else out)
 
 
 def skip_concat(
@@ -296,12 +297,11 @@ def skip_concat(
     rho = as_scalar(rho, h, "rho")
     b = None if b is None else as_scalar(b, h, "b")
     backend = _choose(h.device)
-    _launches[0] += 1
     data = [h, skip] + ([out] if out is not None else [])
     if backend == "torch" or not uniform_float_dtype(data) or _wants_grad(h, skip, rho, b):
-        return reference.skip_concat(h, skip, rho, b, out)
+        return _launch(reference.skip_concat, h, skip, rho, b, out)
     out = _concat_out(h, skip) if out is None else out
-    return _impls(backend).skip_concat(h, skip, rho, b, out)
+    return _launch(_impls(backend).skip_concat, h, skip, rho, b, out)
 
 
 def blend_concat(
@@ -321,12 +321,11 @@ def blend_concat(
     rho = as_scalar(rho, fresh, "rho")
     b = None if b is None else as_scalar(b, fresh, "b")
     backend = _choose(fresh.device)
-    _launches[0] += 1
     data = [fresh, cached, skip] + ([out] if out is not None else [])
     if backend == "torch" or not uniform_float_dtype(data) or _wants_grad(fresh, cached, skip, w, rho, b):
-        return reference.blend_concat(fresh, cached, w, skip, rho, b, out)
+        return _launch(reference.blend_concat, fresh, cached, w, skip, rho, b, out)
     out = _concat_out(fresh, skip) if out is None else out
-    return _impls(backend).blend_concat(fresh, cached, w, skip, rho, b, out)
+    return _launch(_impls(backend).blend_concat, fresh, cached, w, skip, rho, b, out)
 
 
 def _check_concat(h: Tensor, h_name: str, skip: Tensor, out: Optional[Tensor]) -> None:

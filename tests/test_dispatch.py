@@ -1,0 +1,176 @@
+"""Backend choice, forcing, availability reporting and launch counting in ops/dispatch.py."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from conftest import HAS_CUDA, randn
+
+import fused_diffusion
+from fused_diffusion import ops
+from fused_diffusion.ops import dispatch, reference
+
+
+@pytest.fixture
+def fresh_caches():
+    """Clears dispatch's cached availability before and after a test that fakes the environment."""
+    caches = (dispatch._ext, dispatch._unavailable, dispatch._auto)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def spy(monkeypatch, backend: str, op: str) -> list:
+    """Records calls of `op` on `backend` (still running it)."""
+    calls = []
+    owner = {"torch": dispatch.reference, "triton": dispatch._triton_impls()[0]}.get(backend, dispatch._EXT_IMPLS)
+    real = getattr(owner, op)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, op, wrapper)
+    return calls
+
+
+def run_all_ops(device: str = "cpu") -> None:
+    x = torch.randn(2, 3, 4, 4, device=device)
+    one = torch.ones(1, device=device)
+    ops.lincomb([x, x], torch.ones(2, device=device))
+    ops.skip_concat(x, x, one)
+    ops.blend(x, x, one)
+    ops.blend_concat(x, x, one, x, one)
+
+
+def test_backends_report():
+    info = ops.backends()
+    assert "torch" in info["available"]
+    assert set(info["available"]) | set(info["unavailable"]) == set(dispatch.BACKENDS)
+    assert all(isinstance(why, str) and why for why in info["unavailable"].values())
+    assert info["active"]["cpu"] in info["available"]
+    assert info["active"]["cuda"] == (None if not HAS_CUDA else info["active"]["cuda"])
+    if HAS_CUDA:
+        assert info["active"]["cuda"] in ("triton", "cuda", "torch")
+    assert ops.backends is dispatch.backends and "use_backend" in ops.__all__
+
+
+@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+def test_use_backend_runs_that_backend(monkeypatch, name):
+    if name not in ops.backends()["available"]:
+        pytest.skip(f"{name} unavailable here")
+    calls = spy(monkeypatch, name, "lincomb")
+    x = torch.randn(5)
+    with ops.use_backend(name):
+        assert ops.backends()["forced"] == name
+        ops.lincomb([x], torch.ones(1))
+    assert len(calls) == 1
+    assert ops.backends()["forced"] is None
+
+
+def test_use_backend_nests_and_restores(monkeypatch):
+    calls = spy(monkeypatch, "torch", "blend")
+    x = torch.randn(5)
+    with ops.use_backend("torch"):
+        with ops.use_backend("triton" if "triton" in ops.backends()["available"] else "torch"):
+            pass
+        ops.blend(x, x, 0.5)
+    assert len(calls) == 1
+    assert ops.backends()["forced"] is None
+
+
+def test_environment_variable_forces(monkeypatch):
+    monkeypatch.setenv("FUSED_DIFFUSION_BACKEND", "torch")
+    calls = spy(monkeypatch, "torch", "skip_concat")
+    assert ops.backends()["active"]["cpu"] == "torch"
+    x = torch.randn(2, 3, 4)
+    ops.skip_concat(x, x, torch.ones(1))
+    assert len(calls) == 1
+
+
+def test_unknown_backend_names():
+    with pytest.raises(ValueError, match="unknown backend 'metal'"):
+        with ops.use_backend("metal"):
+            pass
+
+
+def test_bad_environment_variable(monkeypatch):
+    monkeypatch.setenv("FUSED_DIFFUSION_BACKEND", "fast")
+    with pytest.raises(ValueError, match="FUSED_DIFFUSION_BACKEND='fast'"):
+        ops.lincomb([torch.ones(2)], torch.ones(1))
+
+
+def test_forced_backend_on_wrong_device_says_why(monkeypatch):
+    monkeypatch.setenv("FUSED_DIFFUSION_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="'cuda' was forced but cannot run cpu tensors: .*"):
+        ops.lincomb([torch.ones(2)], torch.ones(1))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="needs a machine without CUDA")
+def test_use_backend_unavailable_everywhere_raises():
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: cuda: torch sees no CUDA device"):
+        with ops.use_backend("cuda"):
+            pass
+
+
+def test_missing_extension_is_reported(monkeypatch, fresh_caches):
+    monkeypatch.setitem(sys.modules, "fused_diffusion._ext", None)  # makes the import fail
+    monkeypatch.delattr(fused_diffusion, "_ext", raising=False)
+    info = ops.backends()
+    assert "cpp" not in info["available"]
+    assert "fused_diffusion._ext is missing" in info["unavailable"]["cpp"]
+    assert info["active"]["cpu"] == "torch"
+    with pytest.raises(RuntimeError, match="_ext is missing"):
+        with ops.use_backend("cpp"):
+            pass
+
+
+def test_auto_order_on_cpu():
+    expected = "cpp" if "cpp" in ops.backends()["available"] else "torch"
+    assert ops.backends()["active"]["cpu"] == expected
+
+
+def test_count_launches_during_and_after(backend):
+    _, device = backend
+    with ops.count_launches() as outer:
+        assert outer.count == 0
+        run_all_ops(device)
+        assert outer.count == 4 and outer[0] == 4
+        with ops.count_launches() as inner:
+            ops.lincomb([torch.ones(3, device=device)], torch.ones(1, device=device))
+        run_all_ops(device)
+    ops.lincomb([torch.ones(3, device=device)], torch.ones(1, device=device))
+    assert (inner.count, outer.count) == (1, 9)
+
+
+def test_backward_launches_are_counted(backend):
+    name, device = backend
+    xs = [randn((4, 5), torch.float32, device, seed=i).requires_grad_() for i in range(3)]
+    with ops.count_launches() as n:
+        out = ops.lincomb(xs, torch.ones(3, device=device))
+        assert n.count == 1
+        out.sum().backward()
+    # Kernel backends launch one lincomb per input gradient; torch differentiates the reference.
+    assert n.count == (1 if name == "torch" else 4)
+
+
+def test_grad_goes_through_function(backend):
+    name, device = backend
+    x = randn((4, 5), torch.float32, device, seed=0).requires_grad_()
+    c = torch.ones(1, device=device)
+    y = ops.lincomb([x], c)
+    assert ("LincombFunction" in type(y.grad_fn).__name__) == (name != "torch")
+    with torch.no_grad():
+        assert ops.lincomb([x], c).grad_fn is None
+
+
+def test_unsupported_dtype_falls_back_to_reference(monkeypatch, backend):
+    name, device = backend
+    calls = spy(monkeypatch, "torch", "lincomb")
+    x = torch.randn(5, dtype=torch.float64, device=device)
+    y = ops.lincomb([x, x.float()], torch.ones(2, device=device))
+    assert len(calls) == 1 and y.dtype == torch.float64
+    assert torch.allclose(y, reference.lincomb([x, x.float()], torch.ones(2, device=device)))
