@@ -1,6 +1,8 @@
 """Backend choice, forcing, availability reporting and launch counting in ops/dispatch.py."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
 import pytest
@@ -126,6 +128,13 @@ def test_missing_extension_is_reported(monkeypatch, fresh_caches):
     with pytest.raises(RuntimeError, match="_ext is missing"):
         with ops.use_backend("cpp"):
             pass
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_runs_here():
+    """With CUDA, or under TRITON_INTERPRET=1 (conftest sets it on CPU), the op suite must reach triton."""
+    if HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1":
+        assert "triton" in ops.backends()["available"], ops.backends()["unavailable"].get("triton")
 
 
 def test_auto_order_on_cpu():

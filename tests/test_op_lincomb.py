@@ -86,6 +86,16 @@ def test_channels_last(backend, dtype, mixed):
         assert allocated.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_batch_inner_layout(backend, dtype):
+    """Dense, one shared layout, but the batch dim is innermost: per-sample rows need another path."""
+    _, device = backend
+    xs = [randn((5, 3), dtype, device, seed=i).t() for i in range(2)]  # shape (3, 5), strides (1, 3)
+    c = coeff_row(2, device, batch=3)
+    out = poisoned((5, 3), dtype, device).t()
+    ops.lincomb(xs, c, out=out)
+    assert_matches(out, reference.lincomb(xs, c))
+
+
 def test_empty(backend):
     _, device = backend
     x = torch.empty((0, 3), device=device)

@@ -68,6 +68,18 @@ def test_h_is_a_slice_of_out(backend):
     assert_matches(out, expected)
 
 
+def test_skip_overlaps_out(backend):
+    """A contiguous input inside the destination (B = 1) must be read before any of it is overwritten."""
+    _, device = backend
+    out = randn((1, 7, 32, 32), torch.float32, device, seed=0)  # > one block, so several programs
+    skip = out[:, 2:6]
+    h = randn((1, 3, 32, 32), torch.float32, device, seed=1)
+    rho = torch.full((1,), 2.0, device=device)
+    expected = reference.skip_concat(h, skip.clone(), rho)
+    ops.skip_concat(h, skip, rho, out=out)
+    assert_matches(out, expected)
+
+
 def test_gradients_fall_back_to_reference(backend):
     _, device = backend
     h = randn((2, 3, 4, 4), torch.float32, device, seed=0).requires_grad_()
