@@ -3,6 +3,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_convert.h"
 #include "ops.h"
 
 namespace fused_diffusion {
@@ -85,9 +86,9 @@ void scale_run(T* out, const T* x, const T* cached, float w, float s, int64_t le
   // One read and one write per index: out aliasing x or cached (blend) is safe.
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    float v = static_cast<float>(x[i]);
-    if constexpr (Blend) v = w * v + w1 * static_cast<float>(cached[i]);
-    out[i] = static_cast<T>(v * s);
+    float v = cpu::to_float(x[i]);
+    if constexpr (Blend) v = w * v + w1 * cpu::to_float(cached[i]);
+    out[i] = cpu::from_float<T>(v * s);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <array>
 
+#include "cpu_convert.h"
 #include "ops.h"
 
 namespace fused_diffusion {
@@ -27,9 +28,9 @@ void lincomb_cpu(const std::vector<at::Tensor>& inputs, const Coeffs& c, at::Ten
       // Each index is read then written by one iteration, so out aliasing an input is safe here.
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
-        float acc = ck[0] * static_cast<float>(x[0][i]);
-        for (int k = 1; k < K; ++k) acc += ck[k] * static_cast<float>(x[k][i]);
-        o[i] = static_cast<T>(acc);
+        float acc = ck[0] * cpu::to_float(x[0][i]);
+        for (int k = 1; k < K; ++k) acc += ck[k] * cpu::to_float(x[k][i]);
+        o[i] = cpu::from_float<T>(acc);
       }
     });
   });
