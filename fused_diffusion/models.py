@@ -52,7 +52,9 @@ class EpsDenoiser(nn.Module):
         return float(self.log_sigmas[-1].exp())
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        log_sigmas = self.log_sigmas.to(sigma.device)
+        if self.log_sigmas.device != sigma.device:  # moved once (in a graph's warm-up, never during capture)
+            self.log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigmas = self.log_sigmas
         log_sigma = sigma.float().log()
         dists = log_sigma - log_sigmas[:, None]
         if self.quantize:

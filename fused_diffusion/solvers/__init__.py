@@ -1,6 +1,6 @@
 """Solver families: one coefficient table + step function each, all run by the loop in base.py."""
 from .amed import AMED
-from .base import DeviceTables, Run, Solver, prepare, sample
+from .base import DeviceTables, Run, Solver, check_input, prepare, run_steps, sample
 from .consistency import Consistency
 from .ddim import DDIM, ddim_timesteps
 from .dpm2 import DPM2
@@ -26,4 +26,5 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
 
 
 __all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPMpp2M", "DeviceTables", "Euler", "EulerAncestral", "Heun",
-           "Run", "SOLVERS", "Shortcut", "Solver", "ddim_timesteps", "get_solver", "prepare", "sample"]
+           "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver", "prepare", "run_steps",
+           "sample"]

@@ -78,5 +78,5 @@ class AMED(Solver):
         r, scale_dir, scale_time = pred if isinstance(pred, tuple) else (pred, 1.0, 1.0)
         sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, r, scale_dir, scale_time, denoised is None)
         x_mid = ops.lincomb([x], midpoint[:, :1]) if denoised is None else ops.lincomb([x, denoised], midpoint)
-        denoised_mid = run.call_with(x_mid, f"step {i} (predicted midpoint)", sigma_mid)
+        denoised_mid = run.call_with(x_mid, i, "predicted midpoint", sigma_mid)
         return ops.lincomb([x, x_mid, denoised_mid], final)

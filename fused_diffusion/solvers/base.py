@@ -112,21 +112,27 @@ class Run:
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.state: dict[str, Any] = {}
         self.check_finite = check_finite
-        self.calls: list[str] = []  # "step i (name=value)" per model call, to name a non-finite one
+        self.calls: list[tuple[int, str]] = []  # (step, table) per model call, to name a non-finite one
         self.finite_sums: list[Tensor] = []
 
     def value(self, name: str, i: int) -> Tensor:
         """Row i of table `name` broadcast over the batch: a [B] device tensor (no host sync)."""
         return self.tables[name][i].expand(self.shape[0])
 
+    def where(self, i: int, name: str) -> str:
+        """'step i (name=value)' for messages; a name that is no table (a predicted midpoint) is shown as is."""
+        if name in self.host_tables:
+            return f"step {i} ({name}={float(self.host_tables[name][i]):.6g})"
+        return f"step {i} ({name})"
+
     def call(self, x: Tensor, i: int, *names: str) -> Tensor:
         """One model call, model(x, *(table[i] for table in names), **extra_args)."""
-        where = f"step {i} ({names[0]}={float(self.host_tables[names[0]][i]):.6g})"
-        return self.call_with(x, where, *(self.value(name, i) for name in names))
+        return self.call_with(x, i, names[0], *(self.value(name, i) for name in names))
 
-    def call_with(self, x: Tensor, where: str, *inputs: Tensor) -> Tensor:
-        """One model call on explicit inputs, its output checked; `where` names the call in errors."""
+    def call_with(self, x: Tensor, i: int, label: str, *inputs: Tensor) -> Tensor:
+        """One model call of step i on explicit inputs, its output checked; `label` names the call in errors."""
         out = unwrap_output(self.model(x, *inputs, **self.extra_args))
+        where = self.where(i, label)
         if out.shape != x.shape:
             raise ValueError(f"{where}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
         if out.device != x.device:
@@ -137,7 +143,7 @@ class Run:
             out = out.to(x.dtype)
         if self.check_finite:
             # one device-side reduction per call, read once after the loop: no per-step sync
-            self.calls.append(where)
+            self.calls.append((i, label))
             self.finite_sums.append(out.sum(dtype=torch.float32))
         return out
 
@@ -164,14 +170,17 @@ class Run:
                 {"x": x, "i": i, "sigma": self.schedule[i], "sigma_hat": self.tables[sigma_hat][i], "denoised": denoised}
             )
 
-    def raise_if_not_finite(self) -> None:
+    def finite_flags(self) -> Tensor | None:
+        """One device bool per model call so far: did it return only finite values."""
+        return torch.isfinite(torch.stack(self.finite_sums)) if self.finite_sums else None
+
+    def raise_if_not_finite(self, flags: Tensor | None) -> None:
         """Names the first model call that returned NaN or inf (one host sync, after the loop)."""
-        if not self.finite_sums:
+        if flags is None:
             return
-        finite = torch.isfinite(torch.stack(self.finite_sums)).tolist()  # sync-ok: once, after the loop
-        for ok, where in zip(finite, self.calls):
+        for ok, (i, label) in zip(flags.tolist(), self.calls):  # sync-ok: once, after the loop
             if not ok:
-                raise FloatingPointError(f"model returned non-finite values at {where}")
+                raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
 
 
 def check_input(x: Tensor) -> None:
@@ -205,7 +214,15 @@ def sample(
     """Runs `solver` eagerly over the schedule: the loop every sample_* function shares."""
     host, tables = prepare(solver, x, schedule)
     run = Run(solver, model, x, schedule, host, tables, extra_args, callback, noise_sampler, generator, check_finite)
+    x = run_steps(run, x, disable)
+    run.raise_if_not_finite(run.finite_flags())
+    return x
+
+
+def run_steps(run: Run, x: Tensor, disable: bool | None = True, trajectory: Tensor | None = None) -> Tensor:
+    """The loop itself, shared by eager sampling and graph capture; `trajectory[i + 1]` receives x after step i."""
     for i in trange(run.n_steps, disable=disable):
-        x = solver.step(run, i, x)
-    run.raise_if_not_finite()
+        x = run.solver.step(run, i, x)
+        if trajectory is not None:
+            trajectory[i + 1].copy_(x)
     return x

@@ -1,0 +1,253 @@
+"""The engine: fd.Sampler runs a solver over a schedule and, on CUDA, captures the whole loop (every model call,
+guidance combine and solver stage) into one CUDA graph, replayed on later calls.
+
+A graph is cached per (shape, dtype, device, solver config, number of steps, model, extra-argument signature) in
+an LRU of bounded size, all graphs sharing one memory pool. A new schedule of the same length rewrites the device
+tables in place (no recapture); in-place weight edits (parameter version counters) or replaced weights (data
+pointers) recapture. What graph mode gives up: per-step Python (callbacks, progress bars); `keep_trajectory=True`
+records x after every step inside the graph instead.
+"""
+from __future__ import annotations
+
+import collections
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .solvers import DeviceTables, Run, Solver, check_input, get_solver, run_steps
+from .solvers.base import Callback
+
+REDUCE_OVERHEAD_HINT = (
+    "a model compiled with torch.compile(mode='reduce-overhead') records CUDA graphs of its own, which cannot be "
+    "nested in the sampler's; compile with mode='default' or 'max-autotune-no-cudagraphs' to graph the whole loop"
+)
+
+
+def weights_version(model: Any) -> tuple[int, int]:
+    """Changes when any parameter or buffer is edited in place (version counters) or replaced (data pointers).
+    Edits through `.data` bypass version counters: call `Sampler.invalidate()` after those."""
+    if not isinstance(model, nn.Module):
+        return (0, 0)
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t._version for t in tensors), hash(tuple(t.data_ptr() for t in tensors))
+
+
+def _signature(value: Any) -> Any:
+    """The cache-key part of an extra argument: tensors by shape/dtype/device (their values are copied in)."""
+    if isinstance(value, Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device)
+    return ("value", repr(value))
+
+
+@dataclass
+class CapturedLoop:
+    """One captured graph with its static input, extra arguments, tables and outputs."""
+
+    graph: torch.cuda.CUDAGraph
+    run: Run
+    static_x: Tensor
+    static_extra: dict[str, Tensor]
+    output: Tensor
+    trajectory: Tensor | None
+    finite: Tensor | None
+    weights: tuple[int, int]
+    schedule_version: int
+    model: Any  # held so the id in the cache key cannot be reused by another object
+
+
+class Sampler:
+    """Samples `model` with `solver` over `sigmas` (a schedule of the solver's kind: sigmas ending in 0 for the
+    k-diffusion solvers, timesteps for DDIM, flow times for shortcut models).
+
+    `sampler(noise)` returns a new tensor (or writes `out`). On CUDA with cuda_graph=True the first call for a
+    configuration warms up on a side stream and captures; later calls copy the noise (and tensor extra_args) in and
+    replay. CPU tensors, cuda_graph=False, callbacks or a CPU generator run the same solver code eagerly.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        solver: str | Solver = "heun",
+        sigmas: Tensor | None = None,
+        *,
+        extra_args: dict | None = None,
+        cuda_graph: bool = True,
+        max_graphs: int = 4,
+        generator: torch.Generator | None = None,
+        check_finite: bool = True,
+        keep_trajectory: bool = False,
+        **solver_options: Any,
+    ):
+        if sigmas is None:
+            raise ValueError("sigmas (the schedule) is required, e.g. fd.get_sigmas_karras(18, 0.002, 80.0)")
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.model = model
+        self.solver = get_solver(solver, **solver_options)
+        self.extra_args = dict(extra_args or {})
+        self.cuda_graph = cuda_graph
+        self.max_graphs = max_graphs
+        self.generator = generator
+        self.check_finite = check_finite
+        self.keep_trajectory = keep_trajectory
+        self.graphs: collections.OrderedDict[tuple, CapturedLoop] = collections.OrderedDict()
+        self.captures = 0  # how many graphs were captured: tests and benchmarks read it
+        self.fallback_reason: str | None = None
+        self._eager_keys: set[tuple] = set()
+        self._pool = None
+        self._schedule_version = 0
+        self.set_schedule(sigmas)
+
+    def set_schedule(self, schedule: Tensor) -> None:
+        """A new schedule. With the same number of steps, cached graphs replay it after an in-place table rewrite."""
+        self.solver.check_schedule(schedule)
+        self.schedule = schedule
+        self.host_tables = self.solver.tables(schedule.detach().to("cpu", torch.float64))  # sync-ok: once
+        self._schedule_version += 1
+
+    def invalidate(self) -> None:
+        """Drops every captured graph (e.g. after editing weights through `.data`)."""
+        self.graphs.clear()
+        self._eager_keys.clear()
+
+    def __call__(
+        self,
+        noise: Tensor,
+        *,
+        extra_args: dict | None = None,
+        out: Tensor | None = None,
+        callback: Callback | None = None,
+        disable: bool | None = True,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        check_input(noise)
+        extra = {**self.extra_args, **(extra_args or {})}
+        key = self._key(noise, extra)
+        if not self._graphable(noise, callback) or key in self._eager_keys:
+            return self._finish(*self._eager(noise, extra, callback, disable), out)
+        entry = self.graphs.get(key)
+        if entry is not None and entry.weights != weights_version(self.model):
+            del self.graphs[key]  # weights edited since capture: the graph would replay stale values
+            entry = None
+        if entry is None:
+            entry = self._capture(noise, extra, key)
+            if entry is None:
+                return self._finish(*self._eager(noise, extra, callback, disable), out)
+        self.graphs.move_to_end(key)
+        return self._replay(entry, noise, extra, out)
+
+    # ------------------------------------------------------------------ eager
+
+    def _new_run(self, x: Tensor, extra: dict, tables: DeviceTables, callback: Callback | None) -> Run:
+        return Run(self.solver, self.model, x, self.schedule, self.host_tables, tables, extra, callback, None,
+                   self.generator, self.check_finite)
+
+    def _tables(self, x: Tensor) -> DeviceTables:
+        return DeviceTables(self.host_tables, x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+    def _trajectory(self, x: Tensor, run: Run) -> Tensor | None:
+        if not self.keep_trajectory:
+            return None
+        trajectory = x.new_empty((run.n_steps + 1, *x.shape))
+        trajectory[0].copy_(x)
+        return trajectory
+
+    def _eager(self, noise: Tensor, extra: dict, callback: Callback | None, disable: bool | None):
+        run = self._new_run(noise, extra, self._tables(noise), callback)
+        trajectory = self._trajectory(noise, run)
+        x = run_steps(run, noise, disable, trajectory)
+        run.raise_if_not_finite(run.finite_flags())
+        return x, trajectory
+
+    def _finish(self, x: Tensor, trajectory: Tensor | None, out: Tensor | None):
+        if out is not None:
+            x = out.copy_(x)
+        return x if trajectory is None else (x, trajectory)
+
+    # ------------------------------------------------------------------ graphs
+
+    def _graphable(self, noise: Tensor, callback: Callback | None) -> bool:
+        if not self.cuda_graph or noise.device.type != "cuda":
+            return False
+        if callback is not None:
+            return False  # callbacks run Python per step: eager by design (see the module docstring)
+        if self.generator is not None and self.generator.device != noise.device:
+            self._note_fallback("the generator is not on the noise's CUDA device; drawing noise eagerly")
+            return False
+        return True
+
+    def _key(self, noise: Tensor, extra: dict) -> tuple:
+        return (
+            tuple(noise.shape), noise.dtype, noise.device, self.solver.config(), len(self.schedule), id(self.model),
+            tuple(sorted((k, _signature(v)) for k, v in extra.items())), self.check_finite, self.keep_trajectory,
+        )
+
+    def _note_fallback(self, reason: str) -> None:
+        if self.fallback_reason != reason:
+            warnings.warn(f"fused_diffusion.Sampler runs eagerly: {reason}", RuntimeWarning, stacklevel=3)
+        self.fallback_reason = reason
+
+    def _rng_state(self, device: torch.device):
+        return self.generator.get_state() if self.generator is not None else torch.cuda.get_rng_state(device)
+
+    def _set_rng_state(self, device: torch.device, state) -> None:
+        if self.generator is not None:
+            self.generator.set_state(state)
+        else:
+            torch.cuda.set_rng_state(state, device)
+
+    def _capture(self, noise: Tensor, extra: dict, key: tuple) -> CapturedLoop | None:
+        """Warm-up on a side stream (compiles Triton kernels and torch.compile'd models, without consuming the
+        caller's random numbers), then capture the loop. On failure: warn once, remember the key, return None."""
+        device = noise.device
+        static_x = noise.clone()
+        static_extra = {k: v.clone() if isinstance(v, Tensor) else v for k, v in extra.items()}
+        tables = self._tables(noise)
+        try:
+            rng = self._rng_state(device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                run = self._new_run(static_x, static_extra, tables, None)
+                run_steps(run, static_x, True, self._trajectory(static_x, run))
+            torch.cuda.current_stream(device).wait_stream(side)
+            self._set_rng_state(device, rng)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            if self.generator is not None:
+                graph.register_generator_state(self.generator)
+            run = self._new_run(static_x, static_extra, tables, None)
+            with torch.cuda.graph(graph, pool=self._pool):
+                trajectory = self._trajectory(static_x, run)
+                output = run_steps(run, static_x, True, trajectory)
+                finite = run.finite_flags()
+        except Exception as error:  # noqa: BLE001 - any capture failure (OOM, unsupported op) falls back correctly
+            torch.cuda.synchronize(device)
+            hint = REDUCE_OVERHEAD_HINT if "graph" in str(error).lower() else "see the error"
+            self._note_fallback(f"CUDA graph capture failed ({type(error).__name__}: {error}); {hint}")
+            self._eager_keys.add(key)
+            return None
+        self.captures += 1
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+        entry = CapturedLoop(graph, run, static_x, static_extra, output, trajectory, finite,
+                             weights_version(self.model), self._schedule_version, self.model)
+        self.graphs[key] = entry
+        return entry
+
+    def _replay(self, entry: CapturedLoop, noise: Tensor, extra: dict, out: Tensor | None):
+        entry.static_x.copy_(noise)
+        for name, value in extra.items():
+            if isinstance(value, Tensor):
+                entry.static_extra[name].copy_(value)
+        if entry.schedule_version != self._schedule_version:
+            entry.run.tables.load(self.host_tables)
+            entry.run.host_tables, entry.run.schedule = self.host_tables, self.schedule
+            entry.schedule_version = self._schedule_version
+        entry.graph.replay()
+        entry.run.raise_if_not_finite(entry.finite)
+        x = entry.output.clone() if out is None else out.copy_(entry.output)
+        return x if entry.trajectory is None else (x, entry.trajectory.clone())

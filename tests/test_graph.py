@@ -1,0 +1,179 @@
+"""fd.Sampler: eager behaviour on CPU, and whole-loop CUDA graphs (capture, replay, invalidation) on a GPU."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fused_diffusion as fd
+from fused_diffusion.graph import weights_version
+
+cuda = pytest.mark.gpu
+
+
+class TinyDenoiser(nn.Module):
+    """A small conv net in the denoiser convention, with weights that the tests edit."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.scale = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, sigma, **kwargs):
+        c = (1 / (1 + sigma**2)).reshape(-1, 1, 1, 1).to(x.dtype)
+        return c * x + self.scale * torch.tanh(self.conv(x))
+
+
+def schedule(n=6, sigma_max=20.0):
+    return fd.get_sigmas_karras(n, 0.01, sigma_max)
+
+
+class TestEager:
+    gmm = fd.GaussianMixture.random(3, 4, seed=0)
+    noise = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)) * 20
+
+    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed"])
+    def test_cpu_runs_the_same_solver_code(self, solver):
+        sampler = fd.Sampler(self.gmm, solver, schedule())
+        expected = getattr(fd, f"sample_{solver}")(self.gmm, self.noise, schedule(), disable=True)
+        torch.testing.assert_close(sampler(self.noise), expected)
+        assert sampler.captures == 0
+
+    def test_new_schedule_same_length(self):
+        sampler = fd.Sampler(self.gmm, "heun", schedule())
+        sampler(self.noise)
+        sampler.set_schedule(schedule(sigma_max=10.0))
+        torch.testing.assert_close(sampler(self.noise), fd.sample_heun(self.gmm, self.noise, schedule(sigma_max=10.0), disable=True))
+
+    def test_trajectory_out_and_callback(self):
+        sampler = fd.Sampler(self.gmm, "euler", schedule(), keep_trajectory=True)
+        out = torch.empty_like(self.noise)
+        seen = []
+        x, trajectory = sampler(self.noise, out=out, callback=seen.append)
+        assert x is out and trajectory.shape == (7, 5, 4)
+        torch.testing.assert_close(trajectory[0], self.noise)
+        torch.testing.assert_close(trajectory[-1], x)
+        assert [s["i"] for s in seen] == list(range(6))
+
+    def test_solver_options_and_errors(self):
+        sampler = fd.Sampler(self.gmm, "euler_ancestral", schedule(), eta=0.0)
+        torch.testing.assert_close(sampler(self.noise), fd.sample_euler_ancestral(self.gmm, self.noise, schedule(), eta=0.0, disable=True))
+        with pytest.raises(ValueError, match="unknown solver 'rk9'"):
+            fd.Sampler(self.gmm, "rk9", schedule())
+        with pytest.raises(ValueError, match="sigmas"):
+            fd.Sampler(self.gmm, "heun")
+        with pytest.raises(ValueError, match="strictly decreasing"):
+            fd.Sampler(self.gmm, "heun", torch.tensor([1.0, 2.0, 0.0]))
+        with pytest.raises(FloatingPointError, match="step 0"):
+            fd.Sampler(lambda x, s: x * float("nan"), "euler", schedule())(self.noise)
+
+    def test_weights_version_sees_in_place_edits_and_replacements(self):
+        model = TinyDenoiser()
+        v0 = weights_version(model)
+        with torch.no_grad():
+            model.conv.weight.add_(0.01)  # e.g. fusing a LoRA in place
+        v1 = weights_version(model)
+        model.scale = nn.Parameter(torch.tensor(0.7))  # replaced tensor
+        assert len({v0, v1, weights_version(model)}) == 3
+
+
+@cuda
+class TestCudaGraph:
+    @pytest.fixture(autouse=True)
+    def _need_cuda(self):
+        if not torch.cuda.is_available():
+            pytest.skip("needs CUDA")
+
+    def setup_model(self):
+        torch.manual_seed(0)
+        return TinyDenoiser().cuda(), torch.randn(2, 4, 16, 16, device="cuda") * 20
+
+    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed"])
+    def test_graph_equals_eager_and_replays(self, solver):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, solver, schedule().cuda())
+        eager = getattr(fd, f"sample_{solver}")(model, noise, schedule().cuda(), disable=True)
+        torch.testing.assert_close(sampler(noise), eager, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sampler(noise * 0.5), getattr(fd, f"sample_{solver}")(model, noise * 0.5, schedule().cuda(), disable=True), rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 1
+
+    def test_schedule_change_rewrites_tables_without_recapture(self):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, "heun", schedule().cuda())
+        sampler(noise)
+        sampler.set_schedule(schedule(sigma_max=7.0).cuda())
+        expected = fd.sample_heun(model, noise, schedule(sigma_max=7.0).cuda(), disable=True)
+        torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 1
+
+    def test_weight_edit_model_shape_dtype_recapture(self):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, "euler", schedule().cuda())
+        sampler(noise)
+        with torch.no_grad():
+            model.conv.weight.mul_(1.5)
+        torch.testing.assert_close(sampler(noise), fd.sample_euler(model, noise, schedule().cuda(), disable=True), rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 2
+        sampler(noise[:1])
+        sampler(noise.half())
+        assert sampler.captures == 4
+        sampler.model = TinyDenoiser().cuda()
+        sampler(noise)
+        assert sampler.captures == 5
+
+    def test_lru_bound(self):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, "euler", schedule().cuda(), max_graphs=2)
+        for b in (1, 2, 1, 2):
+            sampler(noise[:b])
+        assert sampler.captures == 2
+        sampler(noise[:1].repeat(3, 1, 1, 1))  # evicts batch 1, the least recently used
+        sampler(noise[:2])
+        assert len(sampler.graphs) == 2 and sampler.captures == 3
+        sampler(noise[:1])
+        assert sampler.captures == 4
+
+    @pytest.mark.parametrize("solver,options", [("euler_ancestral", {}), ("euler", dict(s_churn=2.0)), ("consistency", {})])
+    def test_stochastic_graph_equals_eager_for_same_seed(self, solver, options):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, solver, schedule().cuda(), **options)
+        torch.manual_seed(7)
+        graphed = sampler(noise)
+        torch.manual_seed(7)
+        eager = getattr(fd, f"sample_{solver}")(model, noise, schedule().cuda(), disable=True, **options)
+        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+        torch.manual_seed(7)
+        torch.testing.assert_close(sampler(noise), graphed)
+
+    def test_capture_failure_falls_back_with_one_warning(self):
+        model, noise = self.setup_model()
+
+        def syncing_model(x, sigma):
+            _ = float(sigma[0])  # a host sync: illegal during capture
+            return model(x, sigma)
+
+        sampler = fd.Sampler(syncing_model, "euler", schedule().cuda())
+        with pytest.warns(RuntimeWarning, match="capture failed"):
+            x = sampler(noise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sampler(noise)
+        torch.testing.assert_close(x, fd.sample_euler(model, noise, schedule().cuda(), disable=True), rtol=1e-4, atol=1e-4)
+
+    def test_compiled_model_inside_capture(self):
+        model, noise = self.setup_model()
+        compiled = torch.compile(model, mode="default")
+        sampler = fd.Sampler(compiled, "heun", schedule().cuda())
+        expected = fd.sample_heun(model, noise, schedule().cuda(), disable=True)
+        torch.testing.assert_close(sampler(noise), expected, rtol=1e-3, atol=1e-3)
+        assert sampler.captures == 1
+
+    def test_cfg_and_extra_args_are_copied_in(self):
+        model, noise = self.setup_model()
+        cfg = fd.CFGDenoiser(lambda x, s, cond: model(x, s) * cond.reshape(-1, 1, 1, 1), scale=3.0)
+        sampler = fd.Sampler(cfg, "euler", schedule().cuda())
+        for c in (1.0, 2.0):
+            extra = dict(cond=torch.full((2,), c, device="cuda"), uncond=torch.zeros(2, device="cuda"))
+            expected = fd.sample_euler(cfg, noise, schedule().cuda(), extra_args=extra, disable=True)
+            torch.testing.assert_close(sampler(noise, extra_args=extra), expected, rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 1
