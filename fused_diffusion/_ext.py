@@ -37,16 +37,21 @@ def _with_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def _load() -> tuple[ModuleType | None, str]:
+def _prebuilt() -> tuple[ModuleType | None, str]:
     if importlib.util.find_spec("fused_diffusion._C") is None:
-        prebuilt = "fused_diffusion._C was not built at install time"
-    else:
-        try:
-            from fused_diffusion import _C
+        return None, "fused_diffusion._C was not built at install time"
+    try:
+        from fused_diffusion import _C
 
-            return _C, "prebuilt fused_diffusion._C"
-        except ImportError as e:  # e.g. built against another torch version (undefined symbols)
-            prebuilt = f"prebuilt fused_diffusion._C does not import ({e})"
+        return _C, "prebuilt fused_diffusion._C"
+    except ImportError as e:  # e.g. built against another torch version (undefined symbols)
+        return None, f"prebuilt fused_diffusion._C does not import ({e})"
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    module, prebuilt = _prebuilt()
+    if module is not None:
+        return module, prebuilt
     if os.environ.get("FUSED_DIFFUSION_NO_JIT") == "1":
         return None, f"{prebuilt}; JIT build disabled by FUSED_DIFFUSION_NO_JIT=1"
     if not _CSRC.is_dir():

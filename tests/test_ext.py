@@ -285,3 +285,26 @@ def test_error_messages(C, case):
     call, message = ERRORS[case]
     with pytest.raises(RuntimeError, match=message):
         call(C)
+
+
+# ---- _ext.load(): never raises, says why, warns once ----
+
+
+def test_load_without_prebuilt_or_jit_says_why(monkeypatch):
+    monkeypatch.setattr(_ext, "_prebuilt", lambda: (None, "fused_diffusion._C was not built at install time"))
+    monkeypatch.setenv("FUSED_DIFFUSION_NO_JIT", "1")
+    module, reason = _ext._load()
+    assert module is None and "not built" in reason and "FUSED_DIFFUSION_NO_JIT=1" in reason
+    monkeypatch.delenv("FUSED_DIFFUSION_NO_JIT")
+    monkeypatch.setattr(_ext, "_CSRC", _ext._CSRC / "missing")
+    module, reason = _ext._load()
+    assert module is None and "no csrc/" in reason
+
+
+def test_load_failure_warns_once_and_is_cached(monkeypatch):
+    monkeypatch.setattr(_ext, "_result", None)
+    monkeypatch.setattr(_ext, "_load", lambda: (None, "simulated: no compiler"))
+    with pytest.warns(RuntimeWarning, match="simulated: no compiler") as record:
+        assert _ext.load() == (None, "simulated: no compiler")
+        assert _ext.load() == (None, "simulated: no compiler")
+    assert len(record) == 1

@@ -1,7 +1,8 @@
 // Helpers shared by the CUDA kernels: 16-byte packed loads/stores and the grid-stride launch size.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAContextLight.h>  // device properties, with fewer transitive includes than CUDAContext.h
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <cstdint>
