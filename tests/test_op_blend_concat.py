@@ -1,6 +1,7 @@
 """blend_concat on every available backend against the torch reference."""
 from __future__ import annotations
 
+import importlib
 import pytest
 import torch
 from conftest import CONCAT_SHAPES, assert_matches, concat_scalars, concat_shape, poisoned, randn
@@ -59,6 +60,22 @@ def test_non_contiguous(backend, dtype):
     ops.blend_concat(fresh, cached, w, skip, rho, b, out=buf[..., ::2])
     assert_matches(buf[..., ::2], reference.blend_concat(fresh, cached, w, skip, rho, b))
     assert buf[..., 1::2].isnan().all()
+
+
+def test_int64_offsets(monkeypatch):
+    """The > 2^31-element path (int64 offsets) of the concat kernel, exercised on a small tensor."""
+    if "triton" not in ops.backends()["available"]:
+        pytest.skip("triton unavailable")
+    # The submodule, not the public function of the same name that the package exports.
+    kernel_module = importlib.import_module("fused_diffusion.ops.skip_concat")
+    monkeypatch.setattr(kernel_module, "needs_int64", lambda n: True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fresh, cached = (randn((3, 5, 7, 11), torch.float32, device, seed=i) for i in range(2))
+    skip = randn((3, 4, 7, 11), torch.float32, device, seed=2)
+    w, (rho, b) = weight(True, 3, device), concat_scalars("mixed", 3, device)
+    with ops.use_backend("triton"):
+        out = ops.blend_concat(fresh, cached, w, skip, rho, b)
+    assert_matches(out, reference.blend_concat(fresh, cached, w, skip, rho, b))
 
 
 def test_reuse_is_exact(backend, dtype):

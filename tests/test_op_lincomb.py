@@ -1,6 +1,7 @@
 """lincomb on every available backend against the torch reference."""
 from __future__ import annotations
 
+import importlib
 import pytest
 import torch
 from conftest import assert_matches, poisoned, randn, rel_err
@@ -94,6 +95,20 @@ def test_batch_inner_layout(backend, dtype):
     out = poisoned((5, 3), dtype, device).t()
     ops.lincomb(xs, c, out=out)
     assert_matches(out, reference.lincomb(xs, c))
+
+
+def test_int64_offsets(monkeypatch):
+    """The > 2^31-element path (int64 offsets), exercised on a small tensor."""
+    if "triton" not in ops.backends()["available"]:
+        pytest.skip("triton unavailable")
+    # The submodule, not the public function of the same name that the package exports.
+    kernel_module = importlib.import_module("fused_diffusion.ops.lincomb")
+    monkeypatch.setattr(kernel_module, "needs_int64", lambda n: True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    xs = [randn((3, 5, 7, 11), torch.float32, device, seed=i) for i in range(2)]
+    c = coeff_row(2, device, batch=3)
+    with ops.use_backend("triton"):
+        assert_matches(ops.lincomb(xs, c), reference.lincomb(xs, c))
 
 
 def test_empty(backend):

@@ -6,7 +6,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import elementwise_operands, writeback
-from ._triton import NUM_WARPS, block_size, launch_grid, load_scalar, needs_int64, program_offsets
+from ._triton import BLOCK, NUM_WARPS, launch_grid, load_scalar, needs_int64, program_offsets
 
 
 @triton.jit
@@ -31,9 +31,8 @@ def blend_triton(fresh: Tensor, cached: Tensor, w: Tensor, out: Tensor) -> Tenso
     n = dst.numel()
     if n == 0:
         return out
-    block = block_size(dst.dtype)
-    _blend_kernel[launch_grid(n, block)](
+    _blend_kernel[launch_grid(n)](
         dst, fresh, cached, w, n, n // w.numel(),
-        PER_BATCH=per_batch, IDX64=needs_int64(n), BLOCK=block, num_warps=NUM_WARPS,
+        PER_BATCH=per_batch, IDX64=needs_int64(n), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     return writeback(out, dst)

@@ -88,7 +88,8 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 @functools.cache
-def _ext() -> tuple[object, str]:
+def _extension() -> tuple[object, str]:
+    """(compiled module, how) or (None, why not); loading may JIT-build csrc/ once."""
     try:
         from fused_diffusion import _ext
     except ImportError as e:
@@ -104,8 +105,8 @@ def _triton_impls() -> tuple[Optional[SimpleNamespace], str]:
         from .blend_concat import blend_concat_triton
         from .lincomb import _lincomb_kernel, lincomb_triton
         from .skip_concat import skip_concat_triton
-    except ImportError as e:
-        return None, f"triton does not import ({e})"
+    except Exception as e:  # not installed, or installed but broken (no usable backend, ...)
+        return None, f"triton does not import ({type(e).__name__}: {e})"
     impls = SimpleNamespace(
         lincomb=lincomb_triton, skip_concat=skip_concat_triton, blend=blend_triton, blend_concat=blend_concat_triton
     )
@@ -125,8 +126,10 @@ def _unavailable(name: str, device: str) -> Optional[str]:
             return mode
         if device == "cuda":
             return None if torch.cuda.is_available() else "torch sees no CUDA device"
-        return None if mode == "interpreted" else "triton runs CPU tensors only with TRITON_INTERPRET=1 set before its kernels are imported"
-    mod, reason = _ext()
+        if mode != "interpreted":
+            return "triton runs CPU tensors only with TRITON_INTERPRET=1 set before its kernels are imported"
+        return None
+    mod, reason = _extension()
     if mod is None:
         return f"C++/CUDA extension unavailable: {reason}"
     if name == "cpp":
@@ -191,19 +194,19 @@ def backends() -> dict:
 
 def _ext_lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Tensor) -> Tensor:
     ins, dst = elementwise_operands(inputs, out, batch_outer=True, any_layout=False)
-    _ext()[0].lincomb(ins, coeffs, dst)
+    _extension()[0].lincomb(ins, coeffs, dst)
     return writeback(out, dst)
 
 
 def _ext_blend(fresh: Tensor, cached: Tensor, w: Tensor, out: Tensor) -> Tensor:
     (fresh, cached), dst = elementwise_operands([fresh, cached], out, batch_outer=True, any_layout=False)
-    _ext()[0].blend(fresh, cached, w, dst)
+    _extension()[0].blend(fresh, cached, w, dst)
     return writeback(out, dst)
 
 
 def _ext_skip_concat(h: Tensor, skip: Tensor, rho: Tensor, b: Optional[Tensor], out: Tensor) -> Tensor:
     (h, skip), dst, _ = concat_operands([h, skip], out)
-    _ext()[0].skip_concat(h, skip, rho, b, dst)
+    _extension()[0].skip_concat(h, skip, rho, b, dst)
     return writeback(out, dst)
 
 
@@ -211,7 +214,7 @@ def _ext_blend_concat(
     fresh: Tensor, cached: Tensor, w: Tensor, skip: Tensor, rho: Tensor, b: Optional[Tensor], out: Tensor
 ) -> Tensor:
     (fresh, cached, skip), dst, _ = concat_operands([fresh, cached, skip], out)
-    _ext()[0].blend_concat(fresh, cached, w, skip, rho, b, dst)
+    _extension()[0].blend_concat(fresh, cached, w, skip, rho, b, dst)
     return writeback(out, dst)
 
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import MAX_INPUTS, elementwise_operands, writeback
-from ._triton import NUM_WARPS, block_size, launch_grid, load_scalar, needs_int64, program_offsets
+from ._triton import BLOCK, NUM_WARPS, launch_grid, load_scalar, needs_int64, program_offsets
 
 LincombImpl = Callable[[Sequence[Tensor], Tensor, Tensor], Tensor]
 
@@ -56,11 +56,10 @@ def lincomb_triton(inputs: Sequence[Tensor], coeffs: Tensor, out: Tensor) -> Ten
     n = dst.numel()
     if n == 0:
         return out
-    block = block_size(dst.dtype)
     pointers = ins + [ins[0]] * (MAX_INPUTS - len(ins))  # unused slots: never read (K is constexpr)
-    _lincomb_kernel[launch_grid(n, block)](
+    _lincomb_kernel[launch_grid(n)](
         dst, *pointers, coeffs, n, n // coeffs.shape[0] if per_row else n,
-        K=len(ins), PER_ROW=per_row, IDX64=needs_int64(n), BLOCK=block, num_warps=NUM_WARPS,
+        K=len(ins), PER_ROW=per_row, IDX64=needs_int64(n), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     return writeback(out, dst)
 

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import concat_operands, writeback
-from ._triton import NUM_WARPS, block_size, launch_grid, load_scalar, needs_int64, program_offsets
+from ._triton import BLOCK, NUM_WARPS, launch_grid, load_scalar, needs_int64, program_offsets
 
 
 @triton.jit
@@ -64,12 +64,11 @@ def launch_concat(
     w_arg = rho if w is None else w
     b_arg = rho if b is None else b
     strides = [int(s.numel() > 1) for s in (w_arg, b_arg, rho)]
-    block = block_size(dst.dtype)
-    _concat_kernel[launch_grid(n, block)](
+    _concat_kernel[launch_grid(n)](
         dst, h, cached_arg, skip, w_arg, b_arg, rho,
         n, h.numel() // rows, skip.numel() // rows, rows // batch, *strides,
         BLEND=cached is not None, HAS_B=b is not None, PER_BATCH=any(strides),
-        IDX64=needs_int64(n), BLOCK=block, num_warps=NUM_WARPS,
+        IDX64=needs_int64(n), BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     return writeback(out, dst)
 
