@@ -17,7 +17,7 @@ from fused_diffusion.ops import dispatch, reference
 @pytest.fixture
 def fresh_caches():
     """Clears dispatch's cached availability before and after a test that fakes the environment."""
-    caches = (dispatch._ext, dispatch._unavailable, dispatch._auto)
+    caches = (dispatch._extension, dispatch._unavailable, dispatch._auto)
     for cache in caches:
         cache.cache_clear()
     yield
