@@ -11,11 +11,6 @@ import reference_samplers as ref
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.01
 
 
-@pytest.fixture(params=["torch"])
-def backend(request):
-    yield request.param
-
-
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -57,14 +52,17 @@ STOCHASTIC = [
 @pytest.mark.parametrize("name,ours,theirs,options", DETERMINISTIC + STOCHASTIC, ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_independent_formula(backend, gmm, noise, name, ours, theirs, options, dtype):
-    s = sigmas(7, dtype)
-    x = noise.to(dtype)
+    """`backend` (conftest) forces each op backend in turn: the whole solver suite runs on each."""
+    _, device = backend
+    gmm = gmm.to(device)
+    s = sigmas(7, dtype).to(device)
+    x = noise.to(device, dtype)
     torch.manual_seed(123)
     expected = theirs(gmm, x, s, **options)
     torch.manual_seed(123)  # same RNG draws in the same order as the reference
     got = ours(gmm, x, s, disable=True, **options)
     assert got.dtype == dtype and got.shape == x.shape
-    assert rel_err(got, expected) < (1e-10 if dtype == torch.float64 and backend == "torch" else 1e-5)
+    assert rel_err(got, expected) < (1e-10 if dtype == torch.float64 else 1e-5)  # float64 runs the reference
 
 
 @pytest.mark.parametrize(
@@ -103,8 +101,10 @@ def test_one_launch_per_stage(backend, gmm, noise, sampler, options, launches_pe
     """n steps: every step but the last (which returns D itself) makes `launches_per_step` fused launches;
     churn adds one on the last step too. The model here is the analytic mixture, which launches none."""
     n = 6
+    _, device = backend
     with count_launches() as launches:
-        sampler(gmm, noise.float(), sigmas(n, torch.float32), disable=True, **options)
+        sampler(gmm.to(device), noise.to(device, torch.float32), sigmas(n, torch.float32).to(device), disable=True,
+                **options)
     churn_last = 1 if options.get("s_churn") else 0
     assert launches.count == (n - 1) * launches_per_step + churn_last
 
