@@ -59,7 +59,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "scipy", "triton; platform_system == 'Linux'"],
+        "test": ["pytest", "scipy", "triton; platform_system == 'Linux'", "diffusers>=0.30"],
         "diffusers": ["diffusers>=0.30", "safetensors"],
         "bench": ["diffusers>=0.30", "matplotlib", "nvidia-ml-py"],
     },
