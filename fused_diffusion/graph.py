@@ -225,7 +225,7 @@ class Sampler:
                 output = run_steps(run, static_x, True, trajectory)
                 finite = run.finite_flags()
         except Exception as error:  # noqa: BLE001 - any capture failure (OOM, unsupported op) falls back correctly
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)  # sync-ok: error path, before the eager fallback
             hint = REDUCE_OVERHEAD_HINT if "graph" in str(error).lower() else "see the error"
             self._note_fallback(f"CUDA graph capture failed ({type(error).__name__}: {error}); {hint}")
             self._eager_keys.add(key)

@@ -9,18 +9,20 @@ def to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
-def churn_gamma(sigmas, i, s_churn, s_tmin, s_tmax):
-    return min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+def churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
+    """k-diffusion's churn preamble: (x_hat, sigma_hat); draws noise every step even when gamma = 0."""
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+    eps = torch.randn_like(x) * s_noise
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+    return x, sigma_hat
 
 
 def euler(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = churn_gamma(sigmas, i, s_churn, s_tmin, s_tmax)
-        eps = torch.randn_like(x) * s_noise
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in)
         d = to_d(x, sigma_hat, denoised)
         x = x + d * (sigmas[i + 1] - sigma_hat)
@@ -30,11 +32,7 @@ def euler(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_nois
 def heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = churn_gamma(sigmas, i, s_churn, s_tmin, s_tmax)
-        eps = torch.randn_like(x) * s_noise
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in)
         d = to_d(x, sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
@@ -51,11 +49,7 @@ def heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise
 def dpm_2(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = churn_gamma(sigmas, i, s_churn, s_tmin, s_tmax)
-        eps = torch.randn_like(x) * s_noise
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+        x, sigma_hat = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in)
         d = to_d(x, sigma_hat, denoised)
         if sigmas[i + 1] == 0:

@@ -30,8 +30,11 @@ class ChurnSolver(Solver):
             tables["churn"] = torch.stack([torch.ones_like(sigma), noise_scale], dim=1)
         return tables
 
-    def add_churn(self, run: Run, i: int, x: Tensor) -> Tensor:
-        """One fused launch when churn is on; noise is drawn every step, as k-diffusion does (same RNG use)."""
-        if self.s_churn == 0:
-            return x
-        return run.lincomb("churn", i, x, run.noise(i))
+    def denoise_churned(self, run: Run, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The first stage of step i: churn x (one fused launch; noise drawn every step, as k-diffusion does), then
+        D(x_hat, sigma_hat), reported to the callback. Returns (x_hat, D)."""
+        if self.s_churn > 0:
+            x = run.lincomb("churn", i, x, run.noise(i))
+        denoised = run.call(x, i, "sigma_hat")
+        run.report(i, x, denoised, "sigma_hat")
+        return x, denoised

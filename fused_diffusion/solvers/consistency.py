@@ -20,7 +20,7 @@ class Consistency(Solver):
         super().check_schedule(sigmas)
         inner = sigmas.detach().to("cpu", torch.float64)[1:-1]  # sync-ok: validated once, before the loop
         if (inner < self.sigma_min).any():
-            raise ValueError(f"every intermediate sigma must be >= sigma_min={self.sigma_min}, got {inner.tolist()}")
+            raise ValueError(f"every intermediate sigma must be >= sigma_min={self.sigma_min}, got {inner.tolist()}")  # sync-ok: error path
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]

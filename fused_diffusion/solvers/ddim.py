@@ -47,7 +47,7 @@ class DDIM(Solver):
         if t.dim() != 1 or len(t) == 0:
             raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
         if (t < 0).any() or (t >= len(self.alphas_cumprod)).any():
-            raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {t.tolist()}")
+            raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {t.tolist()}")  # sync-ok: error path
 
     def num_steps(self, timesteps: Tensor) -> int:
         return len(timesteps)

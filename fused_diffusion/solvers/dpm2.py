@@ -28,9 +28,7 @@ class DPM2(ChurnSolver):
         return tables
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
-        x = self.add_churn(run, i, x)
-        denoised = run.call(x, i, "sigma_hat")
-        run.report(i, x, denoised, "sigma_hat")
+        x, denoised = self.denoise_churned(run, i, x)
         if i == run.n_steps - 1:
             return denoised
         x_mid = run.lincomb("midpoint", i, x, denoised)

@@ -21,9 +21,7 @@ class Euler(ChurnSolver):
         return tables
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
-        x = self.add_churn(run, i, x)
-        denoised = run.call(x, i, "sigma_hat")
-        run.report(i, x, denoised, "sigma_hat")
+        x, denoised = self.denoise_churned(run, i, x)
         if i == run.n_steps - 1:
             return denoised  # the Euler step to sigma = 0 lands exactly on D
         return run.lincomb("euler", i, x, denoised)

@@ -27,9 +27,7 @@ class Heun(ChurnSolver):
         return tables
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
-        x = self.add_churn(run, i, x)
-        denoised = run.call(x, i, "sigma_hat")
-        run.report(i, x, denoised, "sigma_hat")
+        x, denoised = self.denoise_churned(run, i, x)
         if i == run.n_steps - 1:
             return denoised
         x_pred = run.lincomb("euler", i, x, denoised)

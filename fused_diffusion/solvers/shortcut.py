@@ -16,7 +16,7 @@ class Shortcut(Solver):
     def check_schedule(self, times: Tensor) -> None:
         t = times.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
         if t.dim() != 1 or len(t) < 2 or t[0] != 0 or t[-1] != 1 or ((t[1:] - t[:-1]) <= 0).any():
-            raise ValueError(f"flow times must increase from 0 to 1, got {t.tolist()}")
+            raise ValueError(f"flow times must increase from 0 to 1, got {t.tolist()}")  # sync-ok: error path
 
     def tables(self, times: Tensor) -> dict[str, Tensor]:
         d = times[1:] - times[:-1]
