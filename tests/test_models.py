@@ -122,3 +122,24 @@ class TestGaussianMixture:
             fd.GaussianMixture(torch.zeros(2, 3), torch.ones(3), torch.ones(2))
         with pytest.raises(ValueError, match="5 elements"):
             self.gmm(torch.zeros(2, 4), torch.ones(2))
+
+
+def test_eps_denoiser_drives_a_real_diffusers_unet():
+    """A diffusers UNet2DModel (returns an output object with .sample, takes float timesteps) through
+    EpsDenoiser and a sampler: the adapter's formula, checked on the real model."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    den = fd.EpsDenoiser(unet, fd.ddpm_alphas_cumprod(1000))
+    x, sigma = torch.randn(2, 3, 8, 8) * 5, torch.tensor([5.0, 0.7])
+    with torch.no_grad():
+        got = den(x, sigma)
+        c_in = (1 / (sigma**2 + 1).sqrt()).reshape(-1, 1, 1, 1)
+        expected = x - sigma.reshape(-1, 1, 1, 1) * unet(x * c_in, den.sigma_to_t(sigma)).sample
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        sigmas = fd.get_sigmas_karras(3, den.sigma_min, den.sigma_max)
+        out = fd.sample_dpmpp_2m(den, torch.randn(2, 3, 8, 8) * sigmas[0], sigmas, disable=True)
+    assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
