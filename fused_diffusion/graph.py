@@ -32,7 +32,8 @@ def weights_version(model: Any) -> tuple[int, int]:
     if not isinstance(model, nn.Module):
         return (0, 0)
     tensors = [*model.parameters(), *model.buffers()]
-    return sum(t._version for t in tensors), hash(tuple(t.data_ptr() for t in tensors))
+    versions = sum(0 if t.is_inference() else t._version for t in tensors)  # inference tensors have no counter
+    return versions, hash(tuple(t.data_ptr() for t in tensors))
 
 
 def _signature(value: Any) -> Any:
@@ -113,6 +114,7 @@ class Sampler:
         self.graphs.clear()
         self._eager_keys.clear()
 
+    @torch.no_grad()
     def __call__(
         self,
         noise: Tensor,
@@ -202,6 +204,12 @@ class Sampler:
         """Warm-up on a side stream (compiles Triton kernels and torch.compile'd models, without consuming the
         caller's random numbers), then capture the loop. On failure: warn once, remember the key, return None."""
         device = noise.device
+        with torch.cuda.device(device):  # capture and pool on the noise's device, not merely the current one
+            return self._capture_on_device(noise, extra, key)
+
+    def _capture_on_device(self, noise: Tensor, extra: dict, key: tuple) -> CapturedLoop | None:
+        device = noise.device
+        caller_stream = torch.cuda.current_stream(device)
         static_x = noise.clone()
         static_extra = {k: v.clone() if isinstance(v, Tensor) else v for k, v in extra.items()}
         tables = self._tables(noise)
@@ -225,6 +233,7 @@ class Sampler:
                 output = run_steps(run, static_x, True, trajectory)
                 finite = run.finite_flags()
         except Exception as error:  # noqa: BLE001 - any capture failure (OOM, unsupported op) falls back correctly
+            torch.cuda.set_stream(caller_stream)  # a failed capture_end can leave the capture stream current
             torch.cuda.synchronize(device)  # sync-ok: error path, before the eager fallback
             hint = REDUCE_OVERHEAD_HINT if "graph" in str(error).lower() else "see the error"
             self._note_fallback(f"CUDA graph capture failed ({type(error).__name__}: {error}); {hint}")
@@ -247,7 +256,8 @@ class Sampler:
             entry.run.tables.load(self.host_tables)
             entry.run.host_tables, entry.run.schedule = self.host_tables, self.schedule
             entry.schedule_version = self._schedule_version
-        entry.graph.replay()
+        with torch.cuda.device(noise.device):
+            entry.graph.replay()
         entry.run.raise_if_not_finite(entry.finite)
         x = entry.output.clone() if out is None else out.copy_(entry.output)
         return x if entry.trajectory is None else (x, entry.trajectory.clone())

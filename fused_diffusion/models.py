@@ -113,10 +113,12 @@ class CFGDenoiser(nn.Module):
         super().__init__()
         self.inner_model = denoiser
         self.cond_kwarg = cond_kwarg
-        self.register_buffer("combine", torch.empty(2), persistent=False)
+        # a plain tensor, not a buffer: a new scale must not look like a weight edit to a graph's version check
+        self.combine = torch.empty(2)
         self.set_scale(scale)
 
     def set_scale(self, scale: float) -> None:
+        """A new guidance scale, written in place so captured graphs replay it."""
         self.scale = float(scale)
         self.combine.copy_(torch.tensor([1.0 - self.scale, self.scale]))
 

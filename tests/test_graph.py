@@ -67,6 +67,17 @@ class TestEager:
         with pytest.raises(FloatingPointError, match="step 0"):
             fd.Sampler(lambda x, s: x * float("nan"), "euler", schedule())(self.noise)
 
+    def test_no_autograd_graph_over_the_loop(self):
+        model = TinyDenoiser()  # parameters require grad, as models loaded by diffusers do
+        noise = torch.randn(2, 4, 8, 8)
+        assert not fd.Sampler(model, "heun", schedule())(noise).requires_grad
+        assert not fd.sample_heun(model, noise, schedule(), disable=True).requires_grad
+
+    def test_weights_version_of_inference_tensors(self):
+        with torch.inference_mode():
+            model = TinyDenoiser()
+        assert weights_version(model) == weights_version(model)
+
     def test_weights_version_sees_in_place_edits_and_replacements(self):
         model = TinyDenoiser()
         v0 = weights_version(model)
@@ -176,4 +187,7 @@ class TestCudaGraph:
             extra = dict(cond=torch.full((2,), c, device="cuda"), uncond=torch.zeros(2, device="cuda"))
             expected = fd.sample_euler(cfg, noise, schedule().cuda(), extra_args=extra, disable=True)
             torch.testing.assert_close(sampler(noise, extra_args=extra), expected, rtol=1e-4, atol=1e-4)
+        cfg.set_scale(5.0)  # a device row rewritten in place: replayed, not recaptured
+        expected = fd.sample_euler(cfg, noise, schedule().cuda(), extra_args=extra, disable=True)
+        torch.testing.assert_close(sampler(noise, extra_args=extra), expected, rtol=1e-4, atol=1e-4)
         assert sampler.captures == 1

@@ -199,6 +199,7 @@ def prepare(solver: Solver, x: Tensor, schedule: Tensor) -> tuple[dict[str, Tens
     return host, DeviceTables(host, x.device, float_dtype)
 
 
+@torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop
 def sample(
     solver: Solver,
     model: Callable[..., Any],
