@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fused_diffusion as fd
-from fused_diffusion.graph import weights_version
+from fused_diffusion.graph import WeightsWatch
 
 cuda = pytest.mark.gpu
 
@@ -73,19 +73,27 @@ class TestEager:
         assert not fd.Sampler(model, "heun", schedule())(noise).requires_grad
         assert not fd.sample_heun(model, noise, schedule(), disable=True).requires_grad
 
-    def test_weights_version_of_inference_tensors(self):
+    def test_weights_watch_of_inference_tensors(self):
         with torch.inference_mode():
             model = TinyDenoiser()
-        assert weights_version(model) == weights_version(model)
+        assert not WeightsWatch(model).changed()
 
-    def test_weights_version_sees_in_place_edits_and_replacements(self):
+    @pytest.mark.parametrize("edit", ["in_place", "replace_parameter", "replace_buffer", "swap_submodule"])
+    def test_weights_watch_sees_edits(self, edit):
         model = TinyDenoiser()
-        v0 = weights_version(model)
-        with torch.no_grad():
-            model.conv.weight.add_(0.01)  # e.g. fusing a LoRA in place
-        v1 = weights_version(model)
-        model.scale = nn.Parameter(torch.tensor(0.7))  # replaced tensor
-        assert len({v0, v1, weights_version(model)}) == 3
+        model.register_buffer("table", torch.zeros(3))
+        watch = WeightsWatch(model)
+        assert not watch.changed()
+        if edit == "in_place":
+            with torch.no_grad():
+                model.conv.weight.add_(0.01)  # e.g. fusing a LoRA in place
+        elif edit == "replace_parameter":
+            model.scale = nn.Parameter(torch.tensor(0.7))
+        elif edit == "replace_buffer":
+            model.table = torch.ones(3)
+        else:
+            model.conv = nn.Conv2d(4, 4, 3, padding=1)  # e.g. a LoRA wrapper injected in its place
+        assert watch.changed()
 
 
 @cuda
