@@ -147,7 +147,7 @@ def test_count_launches_during_and_after(backend):
     with ops.count_launches() as outer:
         assert outer.count == 0
         run_all_ops(device)
-        assert outer.count == 4 and outer[0] == 4
+        assert outer.count == 4
         with ops.count_launches() as inner:
             ops.lincomb([torch.ones(3, device=device)], torch.ones(1, device=device))
         run_all_ops(device)

@@ -40,7 +40,7 @@ _launches = [0]
 
 
 class LaunchCounter:
-    """Fused-op launches since the block began: read `.count` (or `[0]`) during or after the block."""
+    """Fused-op launches since the block began: read `.count` during or after the block."""
 
     def __init__(self) -> None:
         self._start = _launches[0]
@@ -49,11 +49,6 @@ class LaunchCounter:
     @property
     def count(self) -> int:
         return (_launches[0] if self._end is None else self._end) - self._start
-
-    def __getitem__(self, index: int) -> int:  # the `n[0]` form of the first version of this API
-        if index != 0:
-            raise IndexError("LaunchCounter holds one count, at index 0")
-        return self.count
 
     def __repr__(self) -> str:
         return f"LaunchCounter(count={self.count})"
