@@ -1,27 +1,60 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: build the CUDA extension, run the GPU tests, run the benchmarks,
-# print a short table last. Run from the repository root on a CUDA machine:  bash bench/gpu_check.sh [--quick]
+# Everything that needs a GPU, in stages that each fit one 10-minute device command. From the repository root on a
+# CUDA machine (wheels from bench/fetch_device_wheels.sh carried in .whl/ where diffusers is missing):
+#   bash bench/gpu_check.sh test        # build the CUDA extension in place, run the GPU tests + solver/graph suites
+#   bash bench/gpu_check.sh ops         # bench_ops sweep -> bench/results/ops_<gpu>.csv/.png
+#   bash bench/gpu_check.sh loop-cifar  # bench_loop, DDPM CIFAR-10 U-Net, batch 1 and 128
+#   bash bench/gpu_check.sh loop-sd     # bench_loop, SD-1.5 U-Net, batch 1 and 8
+#   bash bench/gpu_check.sh all         # all of the above in one go (longer than one device command allows)
+# Each stage ends with a short table of what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-quick=${1:-}
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)"
-pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
-python -m fused_diffusion backends
-FUSED_DIFFUSION_REQUIRE_EXT=1 python -m pytest -q -m gpu
-python -m pytest -q -x tests/test_solvers.py tests/test_graph.py
-if [ "$quick" = "--quick" ]; then
-  python bench/bench_ops.py --quick
-  python bench/bench_loop.py --models ddpm-cifar10 --batches 1 --reps 3
-else
-  python bench/bench_ops.py
-  python bench/bench_loop.py --models ddpm-cifar10
-  python bench/bench_loop.py --models sd15
+stage=${1:-all}
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python - <<'PY'
-import csv, glob
-for path in sorted(glob.glob("bench/results/loop_*.csv")):
-    print(path)
-    for r in csv.DictReader(open(path)):
-        print(f"  {r['model']:<13}{r['batch']:>5}  {r['method']:<18}{float(r['ms']):>10.2f} ms  vs eager {r['vs_eager']:>8}"
-              f"  vs reduce-overhead {r['vs_reduce_overhead']:>8}  overhead% {r['loop_overhead_pct']:>6}  peak MiB {r['peak_alloc_mib']}")
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)"
+# the extension, built in place against the device's torch (kept between calls while the machine stays warm)
+compgen -G "fused_diffusion/_C*.so" >/dev/null || MAX_JOBS=16 python3 setup.py -q build_ext --inplace 2>&1 | tail -n 5
+python3 -m fused_diffusion backends
+
+table() {
+  python3 - "$@" <<'PY'
+import csv, glob, sys
+for path in sorted(p for pattern in sys.argv[1:] for p in glob.glob(pattern)):
+    rows = list(csv.DictReader(open(path)))
+    print(path, f"({len(rows)} rows)")
+    if "method" in rows[0]:
+        for r in rows:
+            print(f"  {r['model']:<13}{r['batch']:>5}  {r['method']:<18}{float(r['ms']):>10.2f} ms  vs eager {r['vs_eager']:>8}"
+                  f"  vs reduce-overhead {r['vs_reduce_overhead']:>8}  overhead% {r['loop_overhead_pct']:>6}"
+                  f"  first call s {r['first_call_s']:>7}  peak MiB {r['peak_alloc_mib']}")
+    else:
+        for r in rows[-12:]:
+            print("  " + "  ".join(f"{k}={v}" for k, v in r.items() if k not in ("gpu", "torch", "triton", "command")))
 PY
+}
+
+case $stage in
+  test|all)
+    FUSED_DIFFUSION_REQUIRE_EXT=1 python3 -m pytest -q -m gpu -p no:cacheprovider
+    python3 -m pytest -q -x -p no:cacheprovider tests/test_solvers.py tests/test_graph.py tests/test_models.py
+    ;;&
+  ops|all)
+    python3 bench/bench_ops.py
+    table "bench/results/ops_*.csv"
+    ;;&
+  loop-cifar|all)
+    python3 bench/bench_loop.py --models ddpm-cifar10 --tag _cifar
+    table "bench/results/loop_*_cifar.csv"
+    ;;&
+  loop-sd|all)
+    python3 bench/bench_loop.py --models sd15 --tag _sd15
+    table "bench/results/loop_*_sd15.csv"
+    ;;
+  test|ops|loop-cifar) ;;
+  *) echo "unknown stage $stage: test | ops | loop-cifar | loop-sd | all"; exit 2 ;;
+esac
