@@ -3,9 +3,9 @@
 # CUDA machine (wheels from bench/fetch_device_wheels.sh carried in .whl/ where diffusers is missing):
 #   bash bench/gpu_check.sh test        # build the CUDA extension in place, run the GPU tests + solver/graph suites
 #   bash bench/gpu_check.sh ops         # bench_ops sweep -> bench/results/ops_<gpu>.csv/.png
-#   bash bench/gpu_check.sh loop-cifar  # bench_loop, DDPM CIFAR-10 U-Net, batch 1 and 128
-#   bash bench/gpu_check.sh loop-sd     # bench_loop, SD-1.5 U-Net, batch 1 and 8
-#   bash bench/gpu_check.sh all         # all of the above in one go (longer than one device command allows)
+#   bash bench/gpu_check.sh loop ddpm-cifar10 1   # bench_loop for one model and batch (with two torch.compile
+#   bash bench/gpu_check.sh loop ddpm-cifar10 128 #   setups a case takes minutes): also sd15 1 and sd15 8
+#   bash bench/gpu_check.sh all         # everything in one go (longer than one device command allows)
 # Each stage ends with a short table of what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,11 @@ for path in sorted(p for pattern in sys.argv[1:] for p in glob.glob(pattern)):
 PY
 }
 
+loop() {
+  python3 bench/bench_loop.py --models "$1" --batches "$2" --tag "_$1_b$2"
+  table "bench/results/loop_*_$1_b$2.csv"
+}
+
 case $stage in
   test|all)
     FUSED_DIFFUSION_REQUIRE_EXT=1 python3 -m pytest -q -m gpu -p no:cacheprovider
@@ -47,14 +52,10 @@ case $stage in
     python3 bench/bench_ops.py
     table "bench/results/ops_*.csv"
     ;;&
-  loop-cifar|all)
-    python3 bench/bench_loop.py --models ddpm-cifar10 --tag _cifar
-    table "bench/results/loop_*_cifar.csv"
-    ;;&
-  loop-sd|all)
-    python3 bench/bench_loop.py --models sd15 --tag _sd15
-    table "bench/results/loop_*_sd15.csv"
+  all)
+    for case in "ddpm-cifar10 1" "ddpm-cifar10 128" "sd15 1" "sd15 8"; do loop $case; done
     ;;
-  test|ops|loop-cifar) ;;
-  *) echo "unknown stage $stage: test | ops | loop-cifar | loop-sd | all"; exit 2 ;;
+  loop) loop "${2:?model}" "${3:?batch}" ;;
+  test|ops) ;;
+  *) echo "unknown stage $stage: test | ops | loop MODEL BATCH | all"; exit 2 ;;
 esac
