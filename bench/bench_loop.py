@@ -10,7 +10,7 @@ methods:
   diffusers        diffusers HeunDiscreteScheduler loop (Karras sigmas), eager model
   reduce_overhead  the eager loop around torch.compile(model, mode="reduce-overhead")
   fd_graph         fd.Sampler: the whole loop in one CUDA graph, eager model, fused solver stages
-  fd_graph_inductor fd.Sampler around torch.compile(model, mode="max-autotune-no-cudagraphs")
+  fd_graph_inductor fd.Sampler around torch.compile(model, mode=--inductor-mode), "default" unless told
 plus "model_graph": one model call captured alone, whose replay time x 35 is the floor for the loop overhead.
 
 Writes bench/results/loop_<gpu>.csv (GPU name, torch/triton/diffusers versions, the command) and a plot.
@@ -186,7 +186,7 @@ def memory_stats(device: str) -> dict:
     return row
 
 
-def run_case(case: Case, methods: list[str], reps: int) -> list[dict]:
+def run_case(case: Case, methods: list[str], reps: int, inductor_mode: str) -> list[dict]:
     device, rows = case.device, []
     calls = 2 * STEPS - 1
 
@@ -217,11 +217,11 @@ def run_case(case: Case, methods: list[str], reps: int) -> list[dict]:
             sampler = fd.Sampler(case.denoiser(case.unet), "heun", case.sigmas, extra_args=case.extra)
             record("fd_graph", lambda: sampler(case.noise), floor, "first call = warm-up + capture")
         if "fd_graph_inductor" in methods and device == "cuda":
-            inductor = torch.compile(case.unet, mode="max-autotune-no-cudagraphs")
+            inductor = torch.compile(case.unet, mode=inductor_mode)
             compiled_floor = graph_replay_ms(case.model_once(inductor), reps) * calls
             sampler = fd.Sampler(case.denoiser(inductor), "heun", case.sigmas, extra_args=case.extra)
             record("fd_graph_inductor", lambda: sampler(case.noise), compiled_floor,
-                   "first call = capture (model compiled for the floor measurement just before)")
+                   f"inductor mode={inductor_mode}; first call = capture (compiled just before, for the floor)")
         if floor:
             rows.append(dict(model=case.name, batch=case.batch, method="model_graph_x35", model_calls=calls,
                              ms=round(floor, 3), first_call_s="", setup="one model call graphed, replay x 35",
@@ -274,6 +274,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+",
                         default=["eager", "diffusers", "reduce_overhead", "fd_graph", "fd_graph_inductor"])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--inductor-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny U-Nets, to smoke-test this script")
@@ -289,7 +290,8 @@ def main() -> int:
     rows = []
     for model in args.models:
         for batch in args.batches or MODELS[model][1]:
-            rows += run_case(Case(model, batch, args.device, dtype, args.tiny), args.methods, args.reps)
+            rows += run_case(Case(model, batch, args.device, dtype, args.tiny), args.methods, args.reps,
+                             args.inductor_mode)
     if args.device != "cuda":
         print("smoke test done; nothing written (numbers only ever come from a GPU)")
         return 0
