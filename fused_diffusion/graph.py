@@ -20,10 +20,21 @@ from torch import Tensor, nn
 from .solvers import DeviceTables, Run, Solver, check_input, get_solver, run_steps
 from .solvers.base import Callback
 
-REDUCE_OVERHEAD_HINT = (
-    "a model compiled with torch.compile(mode='reduce-overhead') records CUDA graphs of its own, which cannot be "
-    "nested in the sampler's; compile with mode='default' or 'max-autotune-no-cudagraphs' to graph the whole loop"
+OWN_GRAPHS_HINT = (
+    "the model was compiled with torch.compile(mode='reduce-overhead' or 'max-autotune'), which records CUDA graphs "
+    "of its own that cannot nest in the sampler's; compile with mode='default' or 'max-autotune-no-cudagraphs' to "
+    "graph the whole loop"
 )
+
+
+def records_own_cuda_graphs(model: Any) -> bool:
+    """True when the model, or a module inside it, was torch.compile'd with inductor's CUDA graphs on."""
+    parts = model.modules() if isinstance(model, nn.Module) else [model]
+    for part in parts:
+        config = part.get_compiler_config() if callable(getattr(part, "get_compiler_config", None)) else None
+        if config and config.get("triton.cudagraphs"):
+            return True
+    return False
 
 
 class WeightsWatch:
@@ -218,6 +229,10 @@ class Sampler:
         """Warm-up on a side stream (compiles Triton kernels and torch.compile'd models, without consuming the
         caller's random numbers), then capture the loop. On failure: warn once, remember the key, return None."""
         device = noise.device
+        if records_own_cuda_graphs(self.model):
+            self._note_fallback(OWN_GRAPHS_HINT)
+            self._eager_keys.add(key)
+            return None
         with torch.cuda.device(device):  # capture and pool on the noise's device, not merely the current one
             return self._capture_on_device(noise, extra, key)
 
@@ -249,8 +264,7 @@ class Sampler:
         except Exception as error:  # noqa: BLE001 - any capture failure (OOM, unsupported op) falls back correctly
             torch.cuda.set_stream(caller_stream)  # a failed capture_end can leave the capture stream current
             torch.cuda.synchronize(device)  # sync-ok: error path, before the eager fallback
-            hint = REDUCE_OVERHEAD_HINT if "graph" in str(error).lower() else "see the error"
-            self._note_fallback(f"CUDA graph capture failed ({type(error).__name__}: {error}); {hint}")
+            self._note_fallback(f"CUDA graph capture failed ({type(error).__name__}: {error})")
             self._eager_keys.add(key)
             return None
         self.captures += 1

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fused_diffusion as fd
-from fused_diffusion.graph import WeightsWatch
+from fused_diffusion.graph import WeightsWatch, records_own_cuda_graphs
 
 cuda = pytest.mark.gpu
 
@@ -72,6 +72,15 @@ class TestEager:
         noise = torch.randn(2, 4, 8, 8)
         assert not fd.Sampler(model, "heun", schedule())(noise).requires_grad
         assert not fd.sample_heun(model, noise, schedule(), disable=True).requires_grad
+
+    def test_models_compiled_with_their_own_cuda_graphs_are_recognised(self):
+        model = TinyDenoiser()
+        assert not records_own_cuda_graphs(model)
+        assert not records_own_cuda_graphs(torch.compile(model, mode="default"))
+        assert not records_own_cuda_graphs(torch.compile(model, mode="max-autotune-no-cudagraphs"))
+        wrapped = fd.EpsDenoiser(torch.compile(model, mode="reduce-overhead"), fd.ddpm_alphas_cumprod())
+        assert records_own_cuda_graphs(wrapped)
+        assert records_own_cuda_graphs(torch.compile(lambda x: x, mode="max-autotune"))
 
     def test_weights_watch_of_inference_tensors(self):
         with torch.inference_mode():
@@ -186,6 +195,14 @@ class TestCudaGraph:
         expected = fd.sample_heun(model, noise, schedule().cuda(), disable=True)
         torch.testing.assert_close(sampler(noise), expected, rtol=1e-3, atol=1e-3)
         assert sampler.captures == 1
+
+    def test_reduce_overhead_model_runs_eagerly_with_a_clear_warning(self):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(torch.compile(model, mode="reduce-overhead"), "euler", schedule().cuda())
+        with pytest.warns(RuntimeWarning, match="mode='default' or 'max-autotune-no-cudagraphs'"):
+            x = sampler(noise)
+        torch.testing.assert_close(x, fd.sample_euler(model, noise, schedule().cuda(), disable=True), rtol=1e-3, atol=1e-3)
+        assert sampler.captures == 0
 
     def test_cfg_and_extra_args_are_copied_in(self):
         model, noise = self.setup_model()
