@@ -90,7 +90,15 @@ class Sampler:
 
     `sampler(noise)` returns a new tensor (or writes `out`). On CUDA with cuda_graph=True the first call for a
     configuration warms up on a side stream and captures; later calls copy the noise (and tensor extra_args) in and
-    replay. CPU tensors, cuda_graph=False, callbacks or a CPU generator run the same solver code eagerly.
+    replay. CPU tensors, cuda_graph=False, callbacks or a generator on another device run the same solver code
+    eagerly.
+
+    solver: a name from `fused_diffusion.solvers.SOLVERS` (options as keyword arguments, e.g. s_churn=, eta=) or a
+        Solver instance. extra_args: keyword arguments for every model call (tensors are copied into the graph's
+        static buffers on each call; their shapes are part of the cache key). max_graphs: LRU bound on cached
+        graphs. generator: a torch.Generator on the noise's device for the solver's noise (default: the global RNG).
+        check_finite: read one flag per model call after each run (one small device-to-host copy) and raise naming
+        the step that returned NaN/inf. keep_trajectory: also return x after every step, [steps + 1, *x.shape].
     """
 
     def __init__(
