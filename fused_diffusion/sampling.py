@@ -69,19 +69,21 @@ def sample_ddim(eps_model: Model, x: Tensor, alphas_cumprod: Tensor, steps: int,
                 extra_args: dict | None = None, callback: Callback | None = None,
                 disable: bool | None = None) -> Tensor:
     """The result of looping diffusers' DDIMScheduler configured with the same values; eps_model(x, t[B]) with
-    integer timesteps, x the unit-variance initial noise."""
+    integer timesteps, x the unit-variance initial noise. The callback dict has 'x', 'i', 'timestep' and
+    'denoised' (the predicted x0)."""
     solver = solvers.DDIM(alphas_cumprod, eta, set_alpha_to_one, clip_sample, clip_sample_range)
     timesteps = solvers.ddim_timesteps(len(alphas_cumprod), steps, timestep_spacing, steps_offset)
     return solvers.sample(solver, eps_model, x, timesteps, extra_args, callback, disable, generator=generator)
 
 
 def sample_shortcut(velocity_model: Model, x: Tensor, steps: int, extra_args: dict | None = None,
-                    disable: bool | None = None) -> Tensor:
-    """Shortcut-model sampling, velocity_model(x, t[B], d[B]); steps a power of two from 1 to 128."""
+                    callback: Callback | None = None, disable: bool | None = None) -> Tensor:
+    """Shortcut-model sampling, velocity_model(x, t[B], d[B]); steps a power of two from 1 to 128. The callback
+    dict has 'x', 'i', 't' and 'denoised' (the data estimate x + (1 - t) v)."""
     if steps not in {2**k for k in range(8)}:
         raise ValueError(f"shortcut models are trained for steps = 1, 2, 4, ..., 128; got {steps}")
     times = get_flow_times(steps, device=x.device)
-    return solvers.sample(solvers.Shortcut(), velocity_model, x, times, extra_args, None, disable)
+    return solvers.sample(solvers.Shortcut(), velocity_model, x, times, extra_args, callback, disable)
 
 
 def sample_consistency(model: Model, x: Tensor, sigmas: Tensor, sigma_min: float = 0.002,

@@ -144,6 +144,11 @@ def test_shortcut_matches_hand_written(noise):
     velocity = lambda x, t, d: torch.sin(x) * (1 + t[:, None]) - d[:, None]  # noqa: E731
     for steps in (1, 4, 8):
         assert rel_err(fd.sample_shortcut(velocity, noise, steps, disable=True), ref.shortcut(velocity, noise, steps)) < 1e-10
+    seen = []
+    fd.sample_shortcut(velocity, noise, 4, callback=seen.append, disable=True)
+    assert [info["i"] for info in seen] == [0, 1, 2, 3]
+    t = float(seen[2]["t"])
+    torch.testing.assert_close(seen[2]["denoised"], seen[2]["x"] + (1 - t) * velocity(seen[2]["x"], torch.full((8,), t, dtype=noise.dtype), torch.full((8,), 0.25, dtype=noise.dtype)))
     with pytest.raises(ValueError, match="steps = 1, 2, 4"):
         fd.sample_shortcut(velocity, noise, 3)
 

@@ -9,7 +9,8 @@ from .base import Run, Solver
 
 
 class Shortcut(Solver):
-    """steps uniform steps of size d = 1/steps; one model call and one lincomb [1, d] on [x, v] per step."""
+    """steps uniform steps of size d = 1/steps; one model call and one lincomb [1, d] on [x, v] per step.
+    The callback gets the data estimate x + (1 - t) v as 'denoised' (one more lincomb, only with a callback)."""
 
     name = "shortcut"
 
@@ -20,8 +21,13 @@ class Shortcut(Solver):
 
     def tables(self, times: Tensor) -> dict[str, Tensor]:
         d = times[1:] - times[:-1]
-        return {"t": times[:-1], "d": d, "update": torch.stack([torch.ones_like(d), d], dim=1)}
+        ones = torch.ones_like(d)
+        return {"t": times[:-1], "d": d, "update": torch.stack([ones, d], dim=1),
+                "data_estimate": torch.stack([ones, 1 - times[:-1]], dim=1)}
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         v = run.call(x, i, "t", "d")
+        if run.callback is not None:
+            denoised = run.lincomb("data_estimate", i, x, v)
+            run.callback({"x": x, "i": i, "t": run.schedule[i], "denoised": denoised})
         return run.lincomb("update", i, x, v)
