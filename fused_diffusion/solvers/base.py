@@ -132,13 +132,12 @@ class Run:
     def call_with(self, x: Tensor, i: int, label: str, *inputs: Tensor) -> Tensor:
         """One model call of step i on explicit inputs, its output checked; `label` names the call in errors."""
         out = unwrap_output(self.model(x, *inputs, **self.extra_args))
-        where = self.where(i, label)
         if out.shape != x.shape:
-            raise ValueError(f"{where}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+            raise ValueError(f"{self.where(i, label)}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
         if out.device != x.device:
-            raise ValueError(f"{where}: model returned a tensor on {out.device}, expected {x.device}")
+            raise ValueError(f"{self.where(i, label)}: model returned a tensor on {out.device}, expected {x.device}")
         if not out.is_floating_point():
-            raise TypeError(f"{where}: model returned dtype {out.dtype}, expected a floating-point tensor")
+            raise TypeError(f"{self.where(i, label)}: model returned dtype {out.dtype}, expected a floating-point tensor")
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         if self.check_finite:
