@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 
 CSRC = ["csrc/lincomb.cpp", "csrc/concat.cpp", "csrc/bindings.cpp"]
 CUDA_SRC = ["csrc/cuda/lincomb.cu", "csrc/cuda/concat.cu"]
+DIGITS = ["diffusers>=0.30", "safetensors", "scikit-learn", "matplotlib"]
 
 
 def _warn(message: str) -> None:
@@ -57,11 +58,14 @@ setup(
     description="Fused-kernel, CUDA-graph-captured samplers for diffusion and flow models",
     packages=find_packages(include=["fused_diffusion", "fused_diffusion.*"]),
     python_requires=">=3.10",
+    package_data={"fused_diffusion.zoo": ["weights/*.safetensors"]},
     install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "scipy", "triton; platform_system == 'Linux'", "diffusers>=0.30"],
+        # the shipped digits model, its metric, training and the picture demo (data ship inside scikit-learn)
+        "digits": DIGITS,
+        "test": ["pytest", "scipy", "triton; platform_system == 'Linux'", *DIGITS],
         "diffusers": ["diffusers>=0.30", "safetensors"],
-        "bench": ["diffusers>=0.30", "matplotlib", "nvidia-ml-py"],
+        "bench": [*DIGITS, "nvidia-ml-py"],
     },
     **extension_build(),
 )

@@ -1,0 +1,110 @@
+"""Sample quality on the shipped digits domain.
+
+- `frechet_distance`: the Frechet distance between Gaussians fitted to classifier features of two image sets, by
+  default generated samples against the 297 held-out digits. It is a digits-domain analogue of FID (same formula,
+  a small digits classifier's 64-d hidden layer instead of Inception's pool3), not FID itself: its values are not
+  comparable with published FIDs, and like FID it is biased upward for small sets, so compare sets of equal size.
+- `classifier_scores`: the classifier's mean confidence (max softmax probability; low for blurry or ambiguous
+  images) and the entropy of its predicted-class histogram (ln 10 = 2.303 when all ten classes are equally
+  frequent; lower means mode collapse).
+- `trajectory_error`: the per-pixel RMS distance to a reference solve of the same initial noise
+  (`reference_solution`: 1000 model calls), i.e. how far a solver is from the ODE solution it approximates.
+
+Everything is deterministic: the classifier runs in eval mode and nothing here draws random numbers.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .sampling import sample_dpmpp_2m
+from .schedules import get_sigmas_karras
+from .zoo.classifier import DigitsClassifier, load_classifier
+from .zoo.data import NATIVE_RESOLUTION, load_digits_split, resize
+
+REFERENCE_CALLS = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def digits_classifier() -> DigitsClassifier:
+    """The shipped classifier (CPU, eval mode, no gradients); `load_classifier` also gives its held-out accuracy."""
+    return load_classifier()[0]
+
+
+def _as_images(images: Tensor, name: str = "images") -> Tensor:
+    """Images [N, 1, R, R] (any R >= 8, any float dtype and device) -> float32 CPU 8x8, clamped to [-1, 1] as
+    they would be displayed."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"{name} must be a tensor of shape [N, 1, R, R], got {getattr(images, 'shape', type(images))}")
+    if images.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 images, got {images.shape[0]}")
+    if not images.is_floating_point() or not torch.isfinite(images).all():
+        raise ValueError(f"{name} must be finite floating-point values in [-1, 1]")
+    return resize(images.detach().float().cpu(), NATIVE_RESOLUTION).clamp(-1, 1)
+
+
+def features(images: Tensor) -> Tensor:
+    """The classifier's 64-d feature of each image, float64."""
+    with torch.no_grad():
+        return digits_classifier().features(_as_images(images)).double()
+
+
+@functools.lru_cache(maxsize=None)
+def heldout_features() -> Tensor:
+    return features(load_digits_split().heldout_images)
+
+
+def frechet_distance_of_features(a: Tensor, b: Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), exactly, by symmetric
+    eigendecompositions in float64."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    evals, evecs = torch.linalg.eigh(cov_a)
+    sqrt_a = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def frechet_distance(images: Tensor, reference: Tensor | None = None) -> float:
+    """Frechet distance of classifier features between `images` and `reference` (default: the held-out digits)."""
+    ref = heldout_features() if reference is None else features(reference)
+    return frechet_distance_of_features(features(images), ref)
+
+
+def classifier_scores(images: Tensor) -> tuple[float, float]:
+    """(mean confidence, entropy in nats of the predicted-class histogram)."""
+    with torch.no_grad():
+        probs = digits_classifier()(_as_images(images)).softmax(1)
+    histogram = torch.bincount(probs.argmax(1), minlength=10).double() / len(probs)
+    entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
+    return probs.max(1).values.mean().item(), entropy.item()
+
+
+def trajectory_error(images: Tensor, reference: Tensor) -> float:
+    """Mean over samples of the per-pixel RMS distance between `images` and the reference solve of the same noise."""
+    if images.shape != reference.shape:
+        raise ValueError(f"images and reference must have the same shape, got {tuple(images.shape)} and "
+                         f"{tuple(reference.shape)}")
+    diff = (images.detach().double() - reference.detach().double().to(images.device)).flatten(1)
+    return diff.square().mean(1).sqrt().mean().item()
+
+
+def reference_solution(denoiser: Callable[..., Tensor], noise: Tensor, sigma_min: float, sigma_max: float,
+                       calls: int = REFERENCE_CALLS, rho: float = 7.0) -> Tensor:
+    """The ODE solution from `noise` (already scaled by sigma_max) with `calls` model calls: DPM-Solver++(2M) on a
+    Karras schedule, second order, so its error is far below any solver under test."""
+    sigmas = get_sigmas_karras(calls, sigma_min, sigma_max, rho, device=noise.device)
+    return sample_dpmpp_2m(denoiser, noise, sigmas, disable=True)
+
+
+def evaluate(images: Tensor, reference: Tensor | None = None) -> dict[str, float]:
+    """{'fd', 'confidence', 'class_entropy'} and, given the reference solve of the same noise, 'trajectory_error'."""
+    confidence, entropy = classifier_scores(images)
+    result = {"fd": frechet_distance(images), "confidence": confidence, "class_entropy": entropy}
+    if reference is not None:
+        result["trajectory_error"] = trajectory_error(images, reference)
+    return result
