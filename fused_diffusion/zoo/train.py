@@ -1,0 +1,117 @@
+"""Training of the shipped digits U-Net (`python -m fused_diffusion train digits`): DDPM epsilon loss, AdamW with
+warm-up and cosine decay, EMA weights, seeded, resumable from a checkpoint in the work directory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..schedules import ddpm_alphas_cumprod
+from .data import load_digits_split
+from .digits_unet import DIGITS_WEIGHTS, SCHEDULE, build_unet, unet_config
+from .store import save_weights
+
+
+@dataclass
+class TrainConfig:
+    resolution: int = 8
+    channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    iterations: int = 12000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 500
+    ema_decay: float = 0.9995
+    seed: int = 0
+    max_minutes: float | None = None  # stop early (checkpoint + export) once this much wall time has passed
+    checkpoint_every: int = 500
+    workdir: Path = Path("runs/digits")
+    out: Path = DIGITS_WEIGHTS
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the last checkpoint
+
+
+def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Trains (or resumes) and writes the EMA weights to cfg.out; returns that path."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = load_digits_split(cfg.resolution).train_images
+    config = unet_config(cfg.resolution, cfg.channels, cfg.layers_per_block)
+    unet = build_unet(config).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.iterations)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
+    alphas_cumprod = ddpm_alphas_cumprod(**SCHEDULE)
+    step, elapsed = 0, 0.0
+
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = cfg.workdir / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"])
+        step, elapsed = state["step"], state["elapsed"]
+    (cfg.workdir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), default=str, indent=2))
+
+    def save() -> None:
+        _checkpoint(checkpoint, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
+                    lr_schedule=lr_schedule.state_dict(), ema=ema.state_dict(), torch_rng=torch.get_rng_state(),
+                    generator=generator.get_state(), step=step, elapsed=elapsed)
+
+    start = time.perf_counter() - elapsed
+    bar = tqdm(total=cfg.iterations, initial=step, desc="digits U-Net", unit="it", disable=not progress)
+    smoothed = None
+    while step < cfg.iterations:
+        batch = images[torch.randint(len(images), (cfg.batch_size,), generator=generator)]
+        t = torch.randint(len(alphas_cumprod), (cfg.batch_size,), generator=generator)
+        noise = torch.randn(batch.shape, generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * batch + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(noisy, t).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(unet.parameters())
+        step += 1
+        elapsed = time.perf_counter() - start
+        smoothed = loss.item() if smoothed is None else 0.99 * smoothed + 0.01 * loss.item()
+        bar.update()
+        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or out_of_time:
+            save()
+        if out_of_time:
+            break
+    bar.close()
+
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    info = {"iterations": step, "train_minutes": round(elapsed / 60, 2), "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), **cfg.extra}
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(cfg.out, unet.state_dict(), config=config, schedule=SCHEDULE, info=info)
+    ema.restore(unet.parameters())
+    return cfg.out

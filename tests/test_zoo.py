@@ -1,0 +1,106 @@
+"""The shipped digits model: offline loading, its size, a quality floor through a real solver, training resume,
+and clear errors for missing or damaged weight files."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import fused_diffusion as fd
+from fused_diffusion.zoo import digits_unet as zoo_digits
+from fused_diffusion.zoo.store import read_weights
+from fused_diffusion.zoo.train import TrainConfig, train_digits
+
+# FD of 300 DDIM samples (50 calls, seed 0) against the held-out digits, measured on the shipped weights and pinned
+# with a margin: a broken loader, adapter, schedule or solver lands far above it (noise is about 160).
+DDIM_50_FD_BOUND = 30.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fd.zoo.digits()
+
+
+def test_digits_loads_offline_as_an_eps_denoiser(model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    denoiser, alphas_cumprod, shape = fd.zoo.digits()
+    assert isinstance(denoiser, fd.EpsDenoiser) and shape == (1, 8, 8)
+    torch.testing.assert_close(alphas_cumprod, fd.ddpm_alphas_cumprod(1000, 1e-4, 0.02, "linear"))
+    assert denoiser.sigma_min == pytest.approx(0.0100, abs=1e-4) and denoiser.sigma_max == pytest.approx(157.4, abs=0.1)
+    assert not any(p.requires_grad for p in denoiser.parameters()) and not denoiser.inner_model.training
+    x = torch.randn(3, *shape)
+    out = denoiser(x, torch.tensor([0.5, 5.0, 50.0]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_shipped_files_are_small_and_the_unet_follows_the_recipe(model):
+    unet = model.denoiser.inner_model
+    assert zoo_digits.DIGITS_WEIGHTS.stat().st_size <= 5 * 2**20
+    assert sum(p.numel() for p in unet.parameters()) <= 3_000_000
+    assert len(unet.config.block_out_channels) == 3  # three resolution levels
+    assert unet.config.down_block_types[-1].startswith("Attn") and unet.config.up_block_types[0].startswith("Attn")
+    info = read_weights(zoo_digits.DIGITS_WEIGHTS)[1]["info"]
+    assert info["train_minutes"] <= 60 and info["iterations"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_digits_loads_in_a_given_dtype(dtype):
+    denoiser, _, shape = fd.zoo.digits(dtype=dtype)
+    assert all(p.dtype == dtype for p in denoiser.parameters())
+    reference = fd.zoo.digits().denoiser
+    x, sigma = torch.randn(2, *shape), torch.tensor([1.0, 10.0])
+    err = (denoiser(x.to(dtype), sigma).double() - reference(x, sigma).double()).norm() / reference(x, sigma).norm()
+    assert err < (1e-5 if dtype == torch.float64 else 3e-2)  # against the float32 model: its own precision
+
+
+def test_ddim_samples_of_the_shipped_model_stay_under_the_pinned_fd(model):
+    denoiser, alphas_cumprod, shape = model
+    noise = torch.randn(300, *shape, generator=torch.Generator().manual_seed(0))
+    images = fd.sample_ddim(denoiser.inner_model, noise, alphas_cumprod, 50, disable=True)
+    quality = fd.metrics.evaluate(images)
+    assert quality["fd"] < DDIM_50_FD_BOUND
+    assert quality["class_entropy"] > 2.2  # all ten classes, none dominant
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        fd.zoo.digits(path=missing)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_weights_name_the_file(tmp_path, damage):
+    data = zoo_digits.DIGITS_WEIGHTS.read_bytes()
+    bad = tmp_path / "damaged.safetensors"
+    bad.write_bytes({"garbage": b"not a safetensors file at all", "truncated": data[: len(data) // 2],
+                     "empty": b""}[damage])
+    with pytest.raises(RuntimeError, match="damaged.safetensors"):
+        fd.zoo.digits(path=bad)
+
+
+def test_weights_that_do_not_match_their_config_name_the_file(tmp_path):
+    tensors, metadata = read_weights(zoo_digits.DIGITS_WEIGHTS)
+    tensors.pop(next(iter(tensors)))
+    path = tmp_path / "mismatch.safetensors"
+    fd.zoo.store.save_weights(path, tensors, **metadata)
+    with pytest.raises(RuntimeError, match="mismatch.safetensors do not match their config"):
+        fd.zoo.digits(path=path)
+
+
+def test_training_is_seeded_and_resumes_exactly(tmp_path):
+    def run(workdir: Path, iterations: int, resume: bool = False) -> dict:
+        cfg = TrainConfig(channels=(8, 16, 16), iterations=iterations, batch_size=16, warmup=2, checkpoint_every=2,
+                          workdir=workdir, out=workdir / "out.safetensors")
+        return read_weights(train_digits(cfg, resume=resume, progress=False))[0]
+
+    straight = run(tmp_path / "a", 4)
+    # interrupted by the time limit after its first iteration (checkpoint saved), then resumed to 4
+    cfg = TrainConfig(channels=(8, 16, 16), iterations=4, batch_size=16, warmup=2, checkpoint_every=2,
+                      max_minutes=0.0, workdir=tmp_path / "b", out=tmp_path / "b" / "out.safetensors")
+    train_digits(cfg, progress=False)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    again = run(tmp_path / "c", 4)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
+        torch.testing.assert_close(again[name], straight[name], rtol=0, atol=0)
+    assert fd.zoo.digits(path=tmp_path / "a" / "out.safetensors").sample_shape == (1, 8, 8)
