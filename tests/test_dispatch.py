@@ -1,4 +1,5 @@
-"""Backend choice, forcing, availability reporting and launch counting in ops/dispatch.py."""
+"""Backend choice, forcing and availability reporting (ops/availability.py) and the one dispatch path with its launch
+counter (ops/dispatch.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,32 +12,16 @@ from conftest import HAS_CUDA, randn
 
 import fused_diffusion
 from fused_diffusion import ops
-from fused_diffusion.ops import dispatch, reference
+from fused_diffusion.ops import availability
+from fused_diffusion.ops import reference
 
 
 @pytest.fixture
 def fresh_caches():
-    """Clears dispatch's cached availability before and after a test that fakes the environment."""
-    caches = (dispatch._extension, dispatch._unavailable, dispatch._auto)
-    for cache in caches:
-        cache.cache_clear()
+    """Clears the cached availability before and after a test that fakes the environment."""
+    availability.clear_caches()
     yield
-    for cache in caches:
-        cache.cache_clear()
-
-
-def spy(monkeypatch, backend: str, op: str) -> list:
-    """Records calls of `op` on `backend` (still running it)."""
-    calls = []
-    owner = {"torch": dispatch.reference, "triton": dispatch._triton_impls()[0]}.get(backend, dispatch._EXT_IMPLS)
-    real = getattr(owner, op)
-
-    def wrapper(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, op, wrapper)
-    return calls
+    availability.clear_caches()
 
 
 def run_all_ops(device: str = "cpu") -> None:
@@ -51,46 +36,44 @@ def run_all_ops(device: str = "cpu") -> None:
 def test_backends_report():
     info = ops.backends()
     assert "torch" in info["available"]
-    assert set(info["available"]) | set(info["unavailable"]) == set(dispatch.BACKENDS)
+    assert set(info["available"]) | set(info["unavailable"]) == set(availability.BACKENDS)
     assert all(isinstance(why, str) and why for why in info["unavailable"].values())
     assert info["active"]["cpu"] in info["available"]
     assert info["active"]["cuda"] == (None if not HAS_CUDA else info["active"]["cuda"])
     if HAS_CUDA:
         assert info["active"]["cuda"] in ("triton", "cuda", "torch")
-    assert ops.backends is dispatch.backends and "use_backend" in ops.__all__
+    assert ops.backends is availability.backends and "use_backend" in ops.__all__
 
 
 @pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
-def test_use_backend_runs_that_backend(monkeypatch, name):
+def test_use_backend_runs_that_backend(name):
     if name not in ops.backends()["available"]:
         pytest.skip(f"{name} unavailable here")
-    calls = spy(monkeypatch, name, "lincomb")
     x = torch.randn(5)
-    with ops.use_backend(name):
+    with ops.use_backend(name), ops.count_op_launches() as launches:
         assert ops.backends()["forced"] == name
         ops.lincomb([x], torch.ones(1))
-    assert len(calls) == 1
+    assert launches.launches == {("lincomb", name): 1}
     assert ops.backends()["forced"] is None
 
 
-def test_use_backend_nests_and_restores(monkeypatch):
-    calls = spy(monkeypatch, "torch", "blend")
+def test_use_backend_nests_and_restores():
     x = torch.randn(5)
-    with ops.use_backend("torch"):
+    with ops.use_backend("torch"), ops.count_op_launches() as launches:
         with ops.use_backend("triton" if "triton" in ops.backends()["available"] else "torch"):
             pass
         ops.blend(x, x, 0.5)
-    assert len(calls) == 1
+    assert launches.launches == {("blend", "torch"): 1}
     assert ops.backends()["forced"] is None
 
 
 def test_environment_variable_forces(monkeypatch):
     monkeypatch.setenv("FUSED_DIFFUSION_BACKEND", "torch")
-    calls = spy(monkeypatch, "torch", "skip_concat")
     assert ops.backends()["active"]["cpu"] == "torch"
     x = torch.randn(2, 3, 4)
-    ops.skip_concat(x, x, torch.ones(1))
-    assert len(calls) == 1
+    with ops.count_op_launches() as launches:
+        ops.skip_concat(x, x, torch.ones(1))
+    assert launches.launches == {("skip_concat", "torch"): 1}
 
 
 def test_unknown_backend_names():
@@ -142,23 +125,25 @@ def test_auto_order_on_cpu():
     assert ops.backends()["active"]["cpu"] == expected
 
 
-def test_count_launches_during_and_after(backend):
-    _, device = backend
-    with ops.count_launches() as outer:
+def test_count_op_launches_during_and_after(backend):
+    name, device = backend
+    with ops.count_op_launches() as outer:
         assert outer.count == 0
         run_all_ops(device)
         assert outer.count == 4
-        with ops.count_launches() as inner:
+        with ops.count_op_launches() as inner:
             ops.lincomb([torch.ones(3, device=device)], torch.ones(1, device=device))
         run_all_ops(device)
     ops.lincomb([torch.ones(3, device=device)], torch.ones(1, device=device))
     assert (inner.count, outer.count) == (1, 9)
+    assert outer.launches == {(op, name): 2 for op in ("lincomb", "skip_concat", "blend", "blend_concat")} | {
+        ("lincomb", name): 3}
 
 
 def test_backward_launches_are_counted(backend):
     name, device = backend
     xs = [randn((4, 5), torch.float32, device, seed=i).requires_grad_() for i in range(3)]
-    with ops.count_launches() as n:
+    with ops.count_op_launches() as n:
         out = ops.lincomb(xs, torch.ones(3, device=device))
         assert n.count == 1
         out.sum().backward()
@@ -176,10 +161,43 @@ def test_grad_goes_through_function(backend):
         assert ops.lincomb([x], c).grad_fn is None
 
 
-def test_unsupported_dtype_falls_back_to_reference(monkeypatch, backend):
+def test_unsupported_dtype_falls_back_to_reference(backend):
     name, device = backend
-    calls = spy(monkeypatch, "torch", "lincomb")
     x = torch.randn(5, dtype=torch.float64, device=device)
-    y = ops.lincomb([x, x.float()], torch.ones(2, device=device))
-    assert len(calls) == 1 and y.dtype == torch.float64
+    with ops.count_op_launches() as launches:
+        y = ops.lincomb([x, x.float()], torch.ones(2, device=device))
+    assert launches.launches == {("lincomb", "torch"): 1} and y.dtype == torch.float64
     assert torch.allclose(y, reference.lincomb([x, x.float()], torch.ones(2, device=device)))
+
+
+@pytest.mark.parametrize("name", sorted(ops.SPECS))
+def test_every_op_is_described_once_for_every_backend(name):
+    """Each spec names its torch definition, Triton launcher and extension entry; the public function uses it."""
+    spec = ops.SPECS[name]
+    assert spec.reference is getattr(reference, name)
+    assert getattr(ops, name).__module__ == f"fused_diffusion.ops.{name}"
+    kernels, _ = availability.triton_kernels()
+    if kernels is not None:
+        assert callable(spec.triton(kernels))
+    module, _ = availability.extension()
+    if module is not None:
+        assert callable(getattr(module, name))
+
+
+def test_gradients_through_the_extension_need_no_triton(monkeypatch, fresh_caches):
+    """The autograd Function lives with the op, not in a backend: with triton failing to import, a differentiable
+    lincomb still runs forward and backward on the C++ extension."""
+    from fused_diffusion import ops as ops_package
+
+    monkeypatch.setitem(sys.modules, "fused_diffusion.ops.kernels", None)  # makes the import fail
+    monkeypatch.delattr(ops_package, "kernels", raising=False)
+    assert "triton" not in ops.backends()["available"]
+    if "cpp" not in ops.backends()["available"]:
+        pytest.skip("the C++ extension is unavailable here")
+    x = randn((4, 5), torch.float32, "cpu", seed=0).requires_grad_()
+    with ops.use_backend("cpp"), ops.count_op_launches() as launches:
+        y = ops.lincomb([x], torch.full((1,), 3.0))
+        y.sum().backward()
+    assert "LincombFunction" in type(y.grad_fn).__name__
+    assert launches.launches == {("lincomb", "cpp"): 2}
+    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fused_diffusion as fd
-from fused_diffusion.ops import count_launches
+from fused_diffusion.ops import count_op_launches
 
 
 class Output:
@@ -57,7 +57,7 @@ def test_cfg_combines_in_one_batched_call_and_one_launch():
     cfg = fd.CFGDenoiser(inner, scale=7.5)
     x, sigma = torch.randn(3, 4), torch.ones(3)
     cond, uncond = torch.full((3,), 2.0), torch.full((3,), 0.5)
-    with count_launches() as launches:
+    with count_op_launches() as launches:
         out = cfg(x, sigma, cond=cond, uncond=uncond)
     assert calls == [6] and launches.count == 1
     torch.testing.assert_close(out, x * 0.5 + 7.5 * (x * 2.0 - x * 0.5))

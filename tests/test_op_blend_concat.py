@@ -66,8 +66,7 @@ def test_int64_offsets(monkeypatch):
     """The > 2^31-element path (int64 offsets) of the concat kernel, exercised on a small tensor."""
     if "triton" not in ops.backends()["available"]:
         pytest.skip("triton unavailable")
-    # The submodule, not the public function of the same name that the package exports.
-    kernel_module = importlib.import_module("fused_diffusion.ops.skip_concat")
+    kernel_module = importlib.import_module("fused_diffusion.ops.kernels.skip_concat")
     monkeypatch.setattr(kernel_module, "needs_int64", lambda n: True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fresh, cached = (randn((3, 5, 7, 11), torch.float32, device, seed=i) for i in range(2))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fused_diffusion as fd
-from fused_diffusion.ops import count_launches
+from fused_diffusion.ops import count_op_launches
 
 import reference_samplers as ref
 
@@ -102,7 +102,7 @@ def test_one_launch_per_stage(backend, gmm, noise, sampler, options, launches_pe
     churn adds one on the last step too. The model here is the analytic mixture, which launches none."""
     n = 6
     _, device = backend
-    with count_launches() as launches:
+    with count_op_launches() as launches:
         sampler(gmm.to(device), noise.to(device, torch.float32), sigmas(n, torch.float32).to(device), disable=True,
                 **options)
     churn_last = 1 if options.get("s_churn") else 0

@@ -1,11 +1,18 @@
-"""Fused ops. Every op picks its backend (triton / cuda / cpp / torch) in dispatch.py."""
-# The Triton kernel modules share their names with the public functions: import them first, so the
-# functions bound below replace the submodule attributes for good (a later first import of a
-# submodule would rebind e.g. `ops.lincomb` to the module).
-try:
-    from . import blend, blend_concat, lincomb, skip_concat  # noqa: F401
-except Exception:  # no (working) triton: dispatch reports why in backends() and uses the other backends
-    pass
-from .dispatch import backends, blend, blend_concat, count_launches, lincomb, skip_concat, use_backend  # noqa: F811
+"""Fused ops: one module per op (its checks and spec; Triton kernels in kernels/, C++/CUDA in csrc/), all through
+one dispatch path (dispatch.py) onto the backend availability.py chooses; torch definitions in reference.py."""
+from .availability import backends, use_backend
+from .blend import SPEC as _BLEND
+from .blend import blend
+from .blend_concat import SPEC as _BLEND_CONCAT
+from .blend_concat import blend_concat
+from .dispatch import OpLaunchCounter, count_op_launches
+from .lincomb import SPEC as _LINCOMB
+from .lincomb import lincomb
+from .skip_concat import SPEC as _SKIP_CONCAT
+from .skip_concat import skip_concat
+from .spec import OpSpec
 
-__all__ = ["backends", "blend", "blend_concat", "count_launches", "lincomb", "skip_concat", "use_backend"]
+SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (_LINCOMB, _BLEND, _SKIP_CONCAT, _BLEND_CONCAT)}
+
+__all__ = ["OpLaunchCounter", "OpSpec", "SPECS", "backends", "blend", "blend_concat", "count_op_launches", "lincomb",
+           "skip_concat", "use_backend"]

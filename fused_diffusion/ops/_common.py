@@ -1,5 +1,5 @@
-"""Host-side helpers shared by every op's launcher and by dispatch: argument checks, scalar
-normalisation and memory-layout handling. No Triton here, so dispatch can use it without importing it.
+"""Host-side helpers shared by the op modules and their launchers: argument checks, scalar normalisation and
+memory-layout handling. No Triton here, so everything but the Triton kernels works without importing it.
 
 The fused kernels address tensors as flat memory. That is valid when every operand is dense (no gaps,
 no overlap) and all operands share one layout; otherwise these helpers hand the kernels dense copies
@@ -141,3 +141,22 @@ def writeback(out: Tensor, dst: Tensor) -> Tensor:
     if dst is not out:
         out.copy_(dst)
     return out
+
+
+def check_concat(h: Tensor, h_name: str, skip: Tensor, out: Tensor | None) -> None:
+    """ValueError unless h and skip are [B, C, ...] tensors that differ only in dim 1 and out (if given) has the
+    concatenation's shape; all on one device."""
+    if h.dim() < 2 or skip.dim() != h.dim() or h.shape[0] != skip.shape[0] or h.shape[2:] != skip.shape[2:]:
+        raise ValueError(
+            f"{h_name} {tuple(h.shape)} and skip {tuple(skip.shape)} must be [B, C, ...] tensors that differ only in dim 1"
+        )
+    check_same([h, skip] + ([out] if out is not None else []), [h_name, "skip", "out"], "device")
+    expected = (h.shape[0], h.shape[1] + skip.shape[1], *h.shape[2:])
+    if out is not None and tuple(out.shape) != expected:
+        raise ValueError(f"out has shape {tuple(out.shape)} but the concatenation has shape {expected}")
+
+
+def new_concat_out(h: Tensor, skip: Tensor) -> Tensor:
+    """An empty destination for cat([h, skip], dim=1), channels_last when both parts are."""
+    shape = (h.shape[0], h.shape[1] + skip.shape[1], *h.shape[2:])
+    return torch.empty(shape, dtype=h.dtype, device=h.device, memory_format=concat_format([h, skip]))

@@ -1,89 +1,74 @@
-"""lincomb: out = sum_k coeffs[..., k] * inputs[k] for up to 6 inputs, in one pass over memory.
+"""lincomb: out = sum_k coeffs[..., k] * inputs[k] in one pass over memory; every solver stage is one call.
 
-Every solver stage is one call. Coefficients come from a device row ([K], or [B, K] with one row per
-sample), so the same launch can be replayed inside a CUDA graph with a new coefficient table.
+Coefficients come from a device row ([K], or [B, K] with one row per sample), so a launch replays inside a CUDA
+graph with a new coefficient table. Kernels: ops/kernels/lincomb.py (Triton), csrc/lincomb.cpp and
+csrc/cuda/lincomb.cu.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from types import ModuleType
+from typing import Callable, Optional, Sequence
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
-from ._common import MAX_INPUTS, elementwise_operands, writeback
-from ._triton import BLOCK, NUM_WARPS, launch_grid, load_scalar, needs_int64, program_offsets
-
-LincombImpl = Callable[[Sequence[Tensor], Tensor, Tensor], Tensor]
-
-
-@triton.jit
-def _term(x_ptr, c_ptr, k: tl.constexpr, row_offset, offs, mask, PER_ROW: tl.constexpr):
-    c = load_scalar(c_ptr + k, row_offset, mask, PER_ROW)
-    return c * tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+from . import dispatch, reference
+from ._common import MAX_INPUTS, check_same, elementwise_operands, writeback
+from .spec import OpCall, OpSpec
 
 
-@triton.jit
-def _lincomb_kernel(
-    out_ptr, x0, x1, x2, x3, x4, x5, c_ptr,
-    n_elements, row_numel,
-    K: tl.constexpr, PER_ROW: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    offs = program_offsets(BLOCK, IDX64)
-    mask = offs < n_elements
-    # Batch is the outermost dim in memory (checked by the launcher), so row = offset // row_numel.
-    row_offset = (offs // row_numel) * K if PER_ROW else 0
-    acc = _term(x0, c_ptr, 0, row_offset, offs, mask, PER_ROW)
-    if K > 1:
-        acc += _term(x1, c_ptr, 1, row_offset, offs, mask, PER_ROW)
-    if K > 2:
-        acc += _term(x2, c_ptr, 2, row_offset, offs, mask, PER_ROW)
-    if K > 3:
-        acc += _term(x3, c_ptr, 3, row_offset, offs, mask, PER_ROW)
-    if K > 4:
-        acc += _term(x4, c_ptr, 4, row_offset, offs, mask, PER_ROW)
-    if K > 5:
-        acc += _term(x5, c_ptr, 5, row_offset, offs, mask, PER_ROW)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+def _check_coeffs(coeffs: Tensor, inputs: Sequence[Tensor]) -> None:
+    if not isinstance(coeffs, Tensor) or not coeffs.is_floating_point():
+        raise ValueError(f"coeffs must be a floating-point tensor on the data's device, got {coeffs!r}")
+    if coeffs.dim() not in (1, 2):
+        raise ValueError(f"coeffs must be [K] or per-sample [B, K], got shape {tuple(coeffs.shape)}")
+    if coeffs.shape[-1] != len(inputs):
+        raise ValueError(f"coeffs has K={coeffs.shape[-1]} columns but {len(inputs)} inputs were given")
+    if coeffs.dim() == 2 and (inputs[0].dim() == 0 or coeffs.shape[0] != inputs[0].shape[0]):
+        batch = inputs[0].shape[0] if inputs[0].dim() else "none (0-d inputs)"
+        raise ValueError(f"per-sample coeffs have {coeffs.shape[0]} rows but the batch size is {batch}")
+    if coeffs.device != inputs[0].device:
+        raise ValueError(f"coeffs is on {coeffs.device} but the inputs are on {inputs[0].device}; "
+                         "keep the table on the data's device")
 
 
-def lincomb_triton(inputs: Sequence[Tensor], coeffs: Tensor, out: Tensor) -> Tensor:
-    """Launches the kernel. Arguments as validated by dispatch: 1..6 inputs and out of one shape, dtype
-    and device; coeffs contiguous float32 [K] or [B, K] on that device."""
-    per_row = coeffs.dim() == 2
-    ins, dst = elementwise_operands(inputs, out, batch_outer=per_row)
-    n = dst.numel()
-    if n == 0:
-        return out
-    pointers = ins + [ins[0]] * (MAX_INPUTS - len(ins))  # unused slots: never read (K is constexpr)
-    _lincomb_kernel[launch_grid(n)](
-        dst, *pointers, coeffs, n, n // coeffs.shape[0] if per_row else n,
-        K=len(ins), PER_ROW=per_row, IDX64=needs_int64(n), BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+def _prepare(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor]) -> OpCall:
+    inputs = list(inputs)
+    if not 1 <= len(inputs) <= MAX_INPUTS:
+        raise ValueError(f"lincomb takes 1 to {MAX_INPUTS} inputs, got {len(inputs)}")
+    data = inputs + ([out] if out is not None else [])
+    names = [f"inputs[{k}]" for k in range(len(inputs))] + ["out"]
+    check_same(data, names, "shape")
+    check_same(data, names, "device")
+    _check_coeffs(coeffs, inputs)
+    return OpCall((inputs, coeffs), data, (coeffs, *inputs))
+
+
+def _extension(module: ModuleType, inputs: Sequence[Tensor], coeffs: Tensor, out: Tensor) -> Tensor:
+    ins, dst = elementwise_operands(inputs, out, batch_outer=True, any_layout=False)
+    module.lincomb(ins, coeffs.to(torch.float32).contiguous(), dst)
     return writeback(out, dst)
 
 
 class LincombFunction(torch.autograd.Function):
-    """Differentiable lincomb on any backend: `impl(inputs, coeffs_f32, out)` does the arithmetic.
+    """Differentiable lincomb on any backend: `launch(inputs, coeffs, out)` does the arithmetic.
 
     d inputs[k] = coeffs[..., k] * grad (one lincomb launch each); d coeffs[..., k] = sum(grad * inputs[k]),
     per sample for [B, K] rows.
     """
 
     @staticmethod
-    def forward(ctx, impl: LincombImpl, coeffs: Tensor, *inputs: Tensor) -> Tensor:
-        ctx.impl = impl
+    def forward(ctx, launch: Callable[..., Tensor], coeffs: Tensor, *inputs: Tensor) -> Tensor:
+        ctx.launch = launch
         ctx.save_for_backward(coeffs, *(inputs if ctx.needs_input_grad[1] else ()))
-        out = torch.empty_like(inputs[0])
-        return impl(inputs, coeffs.to(torch.float32).contiguous(), out)
+        return launch(list(inputs), coeffs, torch.empty_like(inputs[0]))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         coeffs, *inputs = ctx.saved_tensors
         c32 = coeffs.to(torch.float32)
         grads_in = [
-            ctx.impl([grad], c32[..., k : k + 1].contiguous(), torch.empty_like(grad)) if needed else None
+            ctx.launch([grad], c32[..., k : k + 1].contiguous(), torch.empty_like(grad)) if needed else None
             for k, needed in enumerate(ctx.needs_input_grad[2:])
         ]
         grad_c = None
@@ -95,3 +80,21 @@ class LincombFunction(torch.autograd.Function):
                 cols = [(g * t.float()).sum() for t in inputs]
             grad_c = torch.stack(cols, dim=-1).to(coeffs.dtype)
         return None, grad_c, *grads_in
+
+
+SPEC = OpSpec(
+    name="lincomb",
+    prepare=_prepare,
+    reference=reference.lincomb,
+    extension=_extension,
+    new_out=lambda inputs, coeffs: torch.empty_like(inputs[0]),
+    autograd=lambda launch, inputs, coeffs: LincombFunction.apply(launch, coeffs, *inputs),
+)
+
+
+def lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """out = sum_k coeffs[..., k] * inputs[k] in one launch; coeffs a device tensor [K] or per-sample [B, K].
+
+    Computes in float32 and stores in out's dtype (inputs[0]'s when out is None). out may be an input.
+    """
+    return dispatch.call(SPEC, inputs, coeffs, out=out)
