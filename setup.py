@@ -1,12 +1,16 @@
 """Installs fused_diffusion and, where torch and a compiler are available, its C++/CUDA extension
 fused_diffusion._C (sources in csrc/). The extension is optional: without it, fused_diffusion._ext
 JIT-builds it at first use or the dispatcher falls back to the other backends."""
+import importlib.util
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
-CSRC = ["csrc/lincomb.cpp", "csrc/concat.cpp", "csrc/bindings.cpp"]
-CUDA_SRC = ["csrc/cuda/lincomb.cu", "csrc/cuda/concat.cu"]
+# sources and flags live in one file shared with the JIT build; read by path, the package is not importable yet
+_spec = importlib.util.spec_from_file_location("_build", Path(__file__).parent / "fused_diffusion" / "_build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
 DIGITS = ["diffusers>=0.30", "safetensors", "scikit-learn", "matplotlib"]
 
 
@@ -17,8 +21,8 @@ def _warn(message: str) -> None:
 def extension_build() -> dict:
     """setup() arguments building fused_diffusion._C, or none when torch is not importable here."""
     try:
-        import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+        import torch  # noqa: F401 - the extension builds against the installed torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:
         _warn("torch is not importable at setup time, installing without the C++ extension "
               "(use `pip install --no-build-isolation` to build it)")
@@ -35,20 +39,17 @@ def extension_build() -> dict:
                 _warn(f"building the C++ extension failed ({lines[-1] if lines else type(e).__name__}); "
                       "installing without it, fused_diffusion._ext will JIT-build it or fall back to torch")
 
-    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    if with_cuda:
+    if build.with_cuda():
         extension = CUDAExtension(
             "fused_diffusion._C",
-            CSRC + CUDA_SRC,
-            define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": ["-O3", *openmp], "nvcc": ["-O3"]},
-            extra_link_args=openmp,
+            build.sources(cuda=True),
+            define_macros=[(build.CUDA_MACRO, None)],
+            extra_compile_args={"cxx": build.CXX_FLAGS, "nvcc": build.NVCC_FLAGS},
+            extra_link_args=build.LINK_FLAGS,
         )
     else:
-        extension = CppExtension(
-            "fused_diffusion._C", CSRC, extra_compile_args=["-O3", *openmp], extra_link_args=openmp
-        )
+        extension = CppExtension("fused_diffusion._C", build.sources(), extra_compile_args=build.CXX_FLAGS,
+                                 extra_link_args=build.LINK_FLAGS)
     return {"ext_modules": [extension], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}}
 
 

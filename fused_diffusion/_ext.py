@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from . import _build as build
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _lock = threading.Lock()
@@ -29,12 +30,6 @@ def load() -> tuple[ModuleType | None, str]:
             if _result[0] is None:
                 warnings.warn(f"fused_diffusion C++ extension unavailable: {_result[1]}", RuntimeWarning, stacklevel=2)
         return _result
-
-
-def _with_cuda() -> bool:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return torch.version.cuda is not None and CUDA_HOME is not None
 
 
 def _prebuilt() -> tuple[ModuleType | None, str]:
@@ -66,20 +61,17 @@ def _load() -> tuple[ModuleType | None, str]:
 def _jit_build() -> tuple[ModuleType, str]:
     from torch.utils.cpp_extension import load as load_extension
 
-    cuda = _with_cuda()
-    sources = [_CSRC / "lincomb.cpp", _CSRC / "concat.cpp", _CSRC / "bindings.cpp"]
-    if cuda:
-        sources += [_CSRC / "cuda" / "lincomb.cu", _CSRC / "cuda" / "concat.cu"]
+    cuda = build.with_cuda()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     build_dir = cache / "fused_diffusion" / f"torch-{torch.__version__}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cuda_flag = [f"-D{build.CUDA_MACRO}"] if cuda else []
     module = load_extension(
         name="fused_diffusion_C",
-        sources=[str(s) for s in sources],
-        extra_cflags=["-O3", *openmp] + (["-DWITH_CUDA"] if cuda else []),
-        extra_cuda_cflags=["-O3", "-DWITH_CUDA"],
-        extra_ldflags=openmp,
+        sources=build.sources(_CSRC.parent, cuda),
+        extra_cflags=build.CXX_FLAGS + cuda_flag,
+        extra_cuda_cflags=build.NVCC_FLAGS + cuda_flag,
+        extra_ldflags=build.LINK_FLAGS,
         build_directory=str(build_dir),
         with_cuda=cuda,
         verbose=False,

@@ -308,3 +308,18 @@ def test_load_failure_warns_once_and_is_cached(monkeypatch):
         assert _ext.load() == (None, "simulated: no compiler")
         assert _ext.load() == (None, "simulated: no compiler")
     assert len(record) == 1
+
+
+def test_build_config_lists_every_source_once():
+    """setup.py and the JIT build share fused_diffusion/_build.py: every listed source exists, every csrc source
+    is listed."""
+    from pathlib import Path
+
+    from fused_diffusion import _build
+
+    root = Path(__file__).resolve().parent.parent
+    listed = {Path(s) for s in _build.sources(root, cuda=True)}
+    assert all(p.is_file() for p in listed)
+    on_disk = {p for p in (root / "csrc").rglob("*") if p.suffix in (".cpp", ".cu")}
+    assert listed == on_disk and len(listed) == len(_build.sources(root, cuda=True))
+    assert _build.sources(root) == [str(root / s) for s in _build.CPP_SOURCES]
