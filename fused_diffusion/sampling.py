@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import solvers
 from .schedules import get_flow_times
-from .solvers.base import Callback, NoiseSampler
+from .solvers.run import Callback, NoiseSampler
 
 Model = Callable[..., Any]
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fused_diffusion as fd
-from fused_diffusion.graph import WeightsWatch, records_own_cuda_graphs
+from fused_diffusion.engine import LoopWatch, records_own_cuda_graphs
 
 cuda = pytest.mark.gpu
 
@@ -82,16 +82,16 @@ class TestEager:
         assert records_own_cuda_graphs(wrapped)
         assert records_own_cuda_graphs(torch.compile(lambda x: x, mode="max-autotune"))
 
-    def test_weights_watch_of_inference_tensors(self):
+    def test_loop_watch_of_inference_tensors(self):
         with torch.inference_mode():
             model = TinyDenoiser()
-        assert not WeightsWatch(model).changed()
+        assert not LoopWatch(model).changed()
 
     @pytest.mark.parametrize("edit", ["in_place", "replace_parameter", "replace_buffer", "swap_submodule"])
-    def test_weights_watch_sees_edits(self, edit):
+    def test_loop_watch_sees_edits(self, edit):
         model = TinyDenoiser()
         model.register_buffer("table", torch.zeros(3))
-        watch = WeightsWatch(model)
+        watch = LoopWatch(model)
         assert not watch.changed()
         if edit == "in_place":
             with torch.no_grad():
@@ -103,6 +103,122 @@ class TestEager:
         else:
             model.conv = nn.Conv2d(4, 4, 3, padding=1)  # e.g. a LoRA wrapper injected in its place
         assert watch.changed()
+
+
+class ConfiguredHook:
+    """A forward hook carrying a configuration, as U-Net features do: its graph_key() is part of the cache key."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def graph_key(self):
+        return ("scale_output", self.factor)
+
+    def __call__(self, module, inputs, output):
+        return output * self.factor
+
+
+class Predictor(nn.Module):
+    """An AMED-style predictor (r from sigma) with weights of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x, sigma, sigma_next):
+        return torch.sigmoid(self.bias + 0 * sigma)
+
+
+def patch_forward(model):
+    original = model.forward
+    model.forward = lambda x, sigma, **kw: original(x, sigma, **kw) * 0.5  # e.g. a feature wrapping forward
+    return lambda: delattr(model, "forward")
+
+
+def scale_weights(model):
+    with torch.no_grad():
+        model.conv.weight.mul_(1.5)  # e.g. fusing a LoRA in place
+
+
+def replace_conv(model):
+    model.conv = nn.Conv2d(4, 4, 3, padding=1).to(model.conv.weight.device)  # e.g. a LoRA layer injected
+
+
+# Each feature kind: (edit(model) -> undo or None, whether it changes the structure (a new cache key) or the
+# weights (same key, the graph recaptured))
+FEATURE_CHANGES = {
+    "patched_forward": (patch_forward, "structure"),
+    "forward_hook": (lambda m: m.conv.register_forward_hook(ConfiguredHook(2.0)).remove, "structure"),
+    "pre_hook": (lambda m: m.conv.register_forward_pre_hook(lambda mod, args: (args[0] * 2,)).remove, "structure"),
+    "global_hook": (lambda m: nn.modules.module.register_module_forward_hook(lambda mod, i, o: o * 1.01).remove,
+                    "structure"),
+    "weights_in_place": (scale_weights, "weights"),
+    "replaced_submodule": (replace_conv, "weights"),
+}
+
+
+class TestCacheKey:
+    """What the graph cache compares (CPU: the key itself, and that the eager path sees each change)."""
+
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 20
+
+    @pytest.mark.parametrize("change", sorted(FEATURE_CHANGES))
+    def test_every_feature_kind_changes_the_key_or_the_weights(self, change):
+        torch.manual_seed(0)
+        model = TinyDenoiser()
+        sampler = fd.Sampler(model, "euler", schedule())
+        key, weights = sampler.cache_key(self.noise)
+        before = sampler(self.noise)
+        edit, kind = FEATURE_CHANGES[change]
+        undo = edit(model)
+        try:
+            new_key, new_weights = sampler.cache_key(self.noise)
+            assert (new_key != key) == (kind == "structure")
+            assert kind == "structure" or new_weights != weights
+            after = sampler(self.noise)
+            torch.testing.assert_close(after, fd.sample_euler(model, self.noise, schedule(), disable=True))
+            assert not torch.allclose(after, before)
+        finally:
+            if undo is not None:
+                undo()
+        if undo is not None:
+            assert sampler.cache_key(self.noise)[0] == key  # undone: the old graph would be found again
+
+    def test_a_feature_configuration_is_part_of_the_key(self):
+        model = TinyDenoiser()
+        hook = ConfiguredHook(2.0)
+        model.conv.register_forward_hook(hook)
+        sampler = fd.Sampler(model, "euler", schedule())
+        key = sampler.cache_key(self.noise)[0]
+        hook.factor = 3.0
+        assert sampler.cache_key(self.noise)[0] != key
+
+    def test_predictor_weights_and_identity_are_watched(self):
+        predictor = Predictor()
+        sampler = fd.Sampler(TinyDenoiser(), "amed", schedule(), predictor=predictor)
+        key, weights = sampler.cache_key(self.noise)
+        with torch.no_grad():
+            predictor.bias.add_(1.0)  # a training step
+        new_key, new_weights = sampler.cache_key(self.noise)
+        assert new_key == key and new_weights != weights
+        sampler.solver.predictor = Predictor()  # retrained from scratch: another module
+        assert sampler.cache_key(self.noise)[0] != key
+
+    def test_solver_options_and_shapes_are_part_of_the_key(self):
+        model = TinyDenoiser()
+        key = fd.Sampler(model, "euler", schedule()).cache_key(self.noise)[0]
+        assert fd.Sampler(model, "euler", schedule(), s_churn=1.0).cache_key(self.noise)[0] != key
+        assert fd.Sampler(model, "euler", schedule(8)).cache_key(self.noise)[0] != key
+        assert fd.Sampler(model, "euler", schedule()).cache_key(self.noise[:1])[0] != key
+        assert fd.Sampler(model, "euler", schedule(sigma_max=5.0)).cache_key(self.noise)[0] == key  # replayed
+
+    def test_cfg_scale_is_neither_key_nor_weights(self):
+        cfg = fd.CFGDenoiser(TinyDenoiser(), scale=3.0)
+        sampler = fd.Sampler(cfg, "euler", schedule())
+        extra = dict(cond=torch.ones(2), uncond=torch.zeros(2))
+        before = sampler.cache_key(self.noise, extra)
+        cfg.set_scale(5.0)  # a device row rewritten in place: replayed, not recaptured
+        assert sampler.cache_key(self.noise, extra) == before
 
 
 @cuda
@@ -216,3 +332,29 @@ class TestCudaGraph:
         expected = fd.sample_euler(cfg, noise, schedule().cuda(), extra_args=extra, disable=True)
         torch.testing.assert_close(sampler(noise, extra_args=extra), expected, rtol=1e-4, atol=1e-4)
         assert sampler.captures == 1
+
+    @pytest.mark.parametrize("change", sorted(FEATURE_CHANGES))
+    def test_every_feature_kind_recaptures(self, change):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, "euler", schedule().cuda())
+        sampler(noise)
+        edit, _ = FEATURE_CHANGES[change]
+        undo = edit(model)
+        try:
+            expected = fd.sample_euler(model, noise, schedule().cuda(), disable=True)
+            torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
+            assert sampler.captures == 2
+        finally:
+            if undo is not None:
+                undo()
+
+    def test_predictor_training_recaptures(self):
+        model, noise = self.setup_model()
+        predictor = Predictor().cuda()
+        sampler = fd.Sampler(model, "amed", schedule().cuda(), predictor=predictor)
+        sampler(noise)
+        with torch.no_grad():
+            predictor.bias.add_(1.0)
+        expected = fd.sample_amed(model, noise, schedule().cuda(), predictor=predictor, disable=True)
+        torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 2

@@ -1,12 +1,13 @@
 """Solver families: one coefficient table + step function each, all run by the loop in base.py."""
 from .amed import AMED
-from .base import DeviceTables, Run, Solver, check_input, prepare, run_steps, sample
+from .base import DeviceTables, Plan, Solver
 from .consistency import Consistency
 from .ddim import DDIM, ddim_timesteps
 from .dpm2 import DPM2
 from .dpmpp import DPMpp2M
 from .euler import Euler, EulerAncestral
 from .heun import Heun
+from .run import Run, check_input, run_steps, sample
 from .shortcut import Shortcut
 
 SOLVERS: dict[str, type[Solver]] = {
@@ -26,5 +27,5 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
 
 
 __all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPMpp2M", "DeviceTables", "Euler", "EulerAncestral", "Heun",
-           "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver", "prepare", "run_steps",
-           "sample"]
+           "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver",
+           "run_steps", "sample"]

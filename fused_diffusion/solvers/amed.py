@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import ops
-from .base import Run, Solver
+from .base import Solver
+from .run import Run
 
 # predictor(x, sigma[B], sigma_next[B]) -> r [B] or (r, scale_dir, scale_time), each [B]
 Predictor = Callable[[Tensor, Tensor, Tensor], "Tensor | tuple[Tensor, Tensor, Tensor]"]
@@ -41,8 +42,12 @@ class AMED(Solver):
         self.predictor, self.afs = predictor, bool(afs)
         self.scale_dir, self.scale_time = float(scale_dir), float(scale_time)
 
-    def config(self) -> tuple:
+    def graph_key(self) -> tuple:
+        # the predictor by identity (its weights and hooks are watched through `modules`)
         return (type(self).__name__, id(self.predictor), self.afs, self.scale_dir, self.scale_time)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.predictor] if isinstance(self.predictor, nn.Module) else []
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:].clone()

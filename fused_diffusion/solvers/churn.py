@@ -6,7 +6,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Run, Solver
+from .base import Solver
+from .run import Run
 
 
 class ChurnSolver(Solver):

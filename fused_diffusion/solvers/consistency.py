@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Run, Solver
+from .base import Solver
+from .run import Run
 
 
 class Consistency(Solver):

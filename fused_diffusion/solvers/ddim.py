@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Run, Solver
+from .base import Solver
+from .run import Run
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Tensor:
@@ -39,7 +40,7 @@ class DDIM(Solver):
         self.eta, self.set_alpha_to_one = float(eta), bool(set_alpha_to_one)
         self.clip_sample, self.clip_sample_range = bool(clip_sample), float(clip_sample_range)
 
-    def config(self) -> tuple:
+    def graph_key(self) -> tuple:
         return (type(self).__name__, self.eta > 0, self.clip_sample, self.clip_sample_range)
 
     def check_schedule(self, timesteps: Tensor) -> None:

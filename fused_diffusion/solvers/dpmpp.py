@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Run, Solver
+from .base import Solver
+from .run import Run
 
 
 class DPMpp2M(Solver):
@@ -13,6 +14,7 @@ class DPMpp2M(Solver):
     the first step is first order (D_{i-1} absent), the last one lands on D. One lincomb on [x, D_i, D_{i-1}]."""
 
     name = "dpmpp_2m"
+    history = 1
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -33,6 +35,6 @@ class DPMpp2M(Solver):
         if i == 0:
             x = run.lincomb("dpmpp_2m", i, x, denoised)
         else:
-            x = run.lincomb("dpmpp_2m", i, x, denoised, run.state["old_denoised"])
-        run.state["old_denoised"] = denoised
+            x = run.lincomb("dpmpp_2m", i, x, denoised, run.history[-1])
+        run.history.append(denoised)
         return x

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Run
+from .run import Run
 from .churn import ChurnSolver
 
 

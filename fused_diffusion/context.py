@@ -1,0 +1,56 @@
+"""Which model call of a sampling run is under way: set by the sampling loop around every model call, read by
+model-side features (DeepCache's full/shallow pattern, per-call feature state) without any host sync.
+
+Inside a captured CUDA graph the loop's Python runs once, at capture: what a feature decides from the call index
+is fixed into the graph, which is exactly the pattern the eager loop would follow. Every run numbers its calls from
+0 and has a new `run` id, so the warm-up before a capture never shifts the captured pattern, and stateful features
+can reset themselves when they see a new run id.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from torch import Tensor
+
+_current: contextvars.ContextVar[Optional["ModelCall"]] = contextvars.ContextVar("fused_diffusion_model_call",
+                                                                                 default=None)
+_run_ids = itertools.count(1)
+
+
+def new_run_id() -> int:
+    return next(_run_ids)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One model call of a run. index: calls made before it in this run (0-based); step: the solver step it belongs
+    to; call_in_step: 0 for a step's first call, 1 for its second (Heun's correction, a midpoint); label: the table
+    that gave the model its noise level ('sigma', 'sigma_hat', 'sigma_next', 'sigma_mid', 'timestep', ...);
+    sigma: that [B] device tensor (read it on the device only: converting it to a number syncs)."""
+
+    run: int
+    index: int
+    step: int
+    n_steps: int
+    call_in_step: int
+    label: str
+    sigma: Optional[Tensor]
+
+
+def current_model_call() -> Optional[ModelCall]:
+    """The model call under way, or None outside a sampling loop of this library."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def model_call(call: ModelCall) -> Iterator[ModelCall]:
+    """Makes `call` the current one inside the block (the loop uses it; so can a hand-written sampling loop)."""
+    token = _current.set(call)
+    try:
+        yield call
+    finally:
+        _current.reset(token)

@@ -1,0 +1,172 @@
+"""One sampling run and the loop every sampler shares (eager `sample_*` functions and graph capture alike).
+
+A Run is a plan (solver, schedule, tables) plus what belongs to this run only: the model and its arguments, the
+noise source, the callback, the solver's memory of earlier steps (`history`) and the per-call diagnostics.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import trange
+
+from .. import ops
+from ..context import ModelCall, model_call, new_run_id
+from ..models import unwrap_output
+from .base import Plan, Solver, table_dtype
+
+Callback = Callable[[dict[str, Any]], None]
+NoiseSampler = Callable[[Tensor, Tensor], Tensor]
+
+
+class Run:
+    """One run of `plan` on inputs shaped like `like`, calling `model(x, *table rows, **extra_args)`."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        model: Callable[..., Any],
+        like: Tensor,
+        *,
+        extra_args: dict | None = None,
+        callback: Callback | None = None,
+        noise_sampler: NoiseSampler | None = None,
+        generator: torch.Generator | None = None,
+        check_finite: bool = True,
+    ):
+        self.plan, self.solver, self.model = plan, plan.solver, model
+        self.tables = plan.tables(like.device, table_dtype(like.dtype))
+        self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
+        self.extra_args = extra_args or {}
+        self.callback, self.noise_sampler, self.generator = callback, noise_sampler, generator
+        self.check_finite = check_finite
+        self.id = new_run_id()
+        # the denoised outputs of earlier steps, newest last, as many as the solver reads
+        self.history: collections.deque[Tensor] = collections.deque(maxlen=max(self.solver.history, 1))
+        self.calls: list[tuple[int, str]] = []  # (step, label) per model call, to name a non-finite one
+        self._in_step = 0
+        self.finite_sums: list[Tensor] = []
+
+    def update_tables(self) -> None:
+        """Rewrites this run's device tables in place if the plan's schedule changed since (a captured graph reads
+        them by address, so they must stay the same tensors)."""
+        tables = self.plan.tables(self.device, table_dtype(self.dtype))
+        assert tables is self.tables, "a plan keeps one set of device tables per device, dtype and layout"
+
+    @property
+    def schedule(self) -> Tensor:
+        return self.plan.schedule
+
+    @property
+    def n_steps(self) -> int:
+        return self.plan.n_steps
+
+    def value(self, name: str, i: int) -> Tensor:
+        """Row i of table `name` broadcast over the batch: a [B] device tensor (no host sync)."""
+        return self.tables[name][i].expand(self.shape[0])
+
+    def where(self, i: int, name: str) -> str:
+        """'step i (name=value)' for messages; a name that is no table (a predicted midpoint) is shown as is."""
+        if name in self.plan.host:
+            return f"step {i} ({name}={float(self.plan.host[name][i]):.6g})"
+        return f"step {i} ({name})"
+
+    def call(self, x: Tensor, i: int, *names: str) -> Tensor:
+        """One model call, model(x, *(table[i] for table in names), **extra_args)."""
+        return self.call_with(x, i, names[0], *(self.value(name, i) for name in names))
+
+    def call_with(self, x: Tensor, i: int, label: str, *inputs: Tensor) -> Tensor:
+        """One model call of step i on explicit inputs, made the current ModelCall and its output checked; `label`
+        names the call in errors and in the context."""
+        self._in_step = self._in_step + 1 if self.calls and self.calls[-1][0] == i else 0
+        context = ModelCall(self.id, len(self.calls), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None)
+        self.calls.append((i, label))
+        with model_call(context):
+            out = unwrap_output(self.model(x, *inputs, **self.extra_args))
+        if out.shape != x.shape:
+            raise ValueError(f"{self.where(i, label)}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        if out.device != x.device:
+            raise ValueError(f"{self.where(i, label)}: model returned a tensor on {out.device}, expected {x.device}")
+        if not out.is_floating_point():
+            raise TypeError(f"{self.where(i, label)}: model returned dtype {out.dtype}, expected a floating-point tensor")
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        if self.check_finite:
+            # one device-side reduction per call, read once after the loop: no per-step sync
+            self.finite_sums.append(out.sum(dtype=torch.float32))
+        return out
+
+    def lincomb(self, name: str, i: int, *inputs: Tensor) -> Tensor:
+        """One fused update: sum_k table[name][i, k] * inputs[k] (the row's leading len(inputs) columns)."""
+        return ops.lincomb(inputs, self.tables[name][i, : len(inputs)])
+
+    def noise(self, i: int) -> Tensor:
+        """Fresh standard normal noise for step i (k-diffusion's noise_sampler(sigma, sigma_next) if given)."""
+        if self.noise_sampler is not None:
+            z = self.noise_sampler(self.schedule[i], self.schedule[i + 1])
+            if z.shape != self.shape:
+                raise ValueError(f"step {i}: noise_sampler returned shape {tuple(z.shape)}, expected {tuple(self.shape)}")
+            return z.to(self.dtype)
+        if self.generator is None:
+            return torch.randn(self.shape, dtype=self.dtype, device=self.device)
+        z = torch.randn(self.shape, dtype=self.dtype, device=self.generator.device, generator=self.generator)
+        return z.to(self.device)
+
+    def report(self, i: int, x: Tensor, denoised: Tensor, sigma_hat: str = "sigma") -> None:
+        """k-diffusion's per-step callback dict."""
+        if self.callback is not None:
+            self.callback(
+                {"x": x, "i": i, "sigma": self.schedule[i], "sigma_hat": self.tables[sigma_hat][i], "denoised": denoised}
+            )
+
+    def finite_flags(self) -> Tensor | None:
+        """One device bool per model call so far: did it return only finite values."""
+        return torch.isfinite(torch.stack(self.finite_sums)) if self.finite_sums else None
+
+    def raise_if_not_finite(self, flags: Tensor | None) -> None:
+        """Names the first model call that returned NaN or inf (one host sync, after the loop)."""
+        if flags is None:
+            return
+        for ok, (i, label) in zip(flags.tolist(), self.calls):  # sync-ok: once, after the loop
+            if not ok:
+                raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
+
+
+def check_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+
+
+@torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop
+def sample(
+    solver: Solver,
+    model: Callable[..., Any],
+    x: Tensor,
+    schedule: Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    generator: torch.Generator | None = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """Runs `solver` eagerly over the schedule: the loop every sample_* function shares."""
+    check_input(x)
+    run = Run(Plan(solver, schedule), model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
+              generator=generator, check_finite=check_finite)
+    x = run_steps(run, x, disable)
+    run.raise_if_not_finite(run.finite_flags())
+    return x
+
+
+def run_steps(run: Run, x: Tensor, disable: bool | None = True, trajectory: Tensor | None = None) -> Tensor:
+    """The loop itself, shared by eager sampling and graph capture; `trajectory[i + 1]` receives x after step i."""
+    for i in trange(run.n_steps, disable=disable):
+        x = run.solver.step(run, i, x)
+        if trajectory is not None:
+            trajectory[i + 1].copy_(x)
+    return x
