@@ -193,6 +193,33 @@ class TestCacheKey:
         hook.factor = 3.0
         assert sampler.cache_key(self.noise)[0] != key
 
+    def test_diffusers_hooks_and_their_configuration_are_part_of_the_key(self):
+        hooks = pytest.importorskip("diffusers.hooks")
+
+        class Scale(hooks.ModelHook):
+            def __init__(self, factor):
+                super().__init__()
+                self.factor = factor
+
+            def graph_key(self):
+                return self.factor
+
+            def post_forward(self, module, output):
+                return output * self.factor
+
+        model = TinyDenoiser()
+        sampler = fd.Sampler(model, "euler", schedule())
+        key = sampler.cache_key(self.noise)[0]
+        hook = Scale(2.0)
+        hooks.HookRegistry.check_if_exists_or_initialize(model.conv).register_hook(hook, "scale")
+        with_hook = sampler.cache_key(self.noise)[0]
+        assert with_hook != key
+        torch.testing.assert_close(sampler(self.noise), fd.sample_euler(model, self.noise, schedule(), disable=True))
+        hook.factor = 3.0
+        assert sampler.cache_key(self.noise)[0] not in (key, with_hook)
+        model.conv._diffusers_hook.remove_hook("scale")
+        assert sampler.cache_key(self.noise)[0] == key
+
     def test_predictor_weights_and_identity_are_watched(self):
         predictor = Predictor()
         sampler = fd.Sampler(TinyDenoiser(), "amed", schedule(), predictor=predictor)
