@@ -78,7 +78,7 @@ def image_grid(images: Tensor, columns: int) -> Tensor:
 
 
 def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], budgets: list[int], data_fd: float,
-                  out: Path, shown: int = 16) -> None:
+                  out: Path, shown: int = 36) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +86,7 @@ def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], b
 
     solvers = list(dict.fromkeys(r["solver"] for r in results))
     columns = int(shown**0.5)
-    fig, axes = plt.subplots(len(solvers), len(budgets), figsize=(2.2 * len(budgets), 2.3 * len(solvers)),
+    fig, axes = plt.subplots(len(solvers), len(budgets), figsize=(2.6 * len(budgets), 2.7 * len(solvers)),
                              squeeze=False)
     for i, solver in enumerate(solvers):
         for j, budget in enumerate(budgets):
@@ -100,7 +100,7 @@ def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], b
             if j == 0:
                 ax.set_ylabel(solver, fontsize=11)
     fig.suptitle("digits model: the same noise, one row per solver", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(out / "samples.png", dpi=110)
     plt.close(fig)
 

@@ -10,9 +10,10 @@ from fused_diffusion.zoo import digits_unet as zoo_digits
 from fused_diffusion.zoo.store import read_weights
 from fused_diffusion.zoo.train import TrainConfig, train_digits
 
-# FD of 300 DDIM samples (50 calls, seed 0) against the held-out digits, measured on the shipped weights and pinned
-# with a margin: a broken loader, adapter, schedule or solver lands far above it (noise is about 160).
-DDIM_50_FD_BOUND = 30.0
+# FD of 300 DDIM samples (50 calls, seed 0) against the held-out digits: 9.02 measured on the shipped weights
+# (torch 2.13 CPU), pinned with a margin; 300 train digits score 7.5, noise about 160, so a broken loader, adapter,
+# schedule or solver lands far above it.
+DDIM_50_FD_BOUND = 12.0
 
 
 @pytest.fixture(scope="module")
