@@ -1,0 +1,249 @@
+"""DeepCache (Ma, Fang and Wang 2024, "DeepCache: Accelerating Diffusion Models for Free") on diffusers U-Nets.
+
+Model call k of a sampling run is a full call when k % interval == 0 (mode "uniform"; mode "quadratic" spaces the
+full calls as the paper's non-uniform strategy); every other call runs only the layers above the cache point and
+reuses the deep feature stored at the last full call, as the reference helper (`DeepCacheSDHelper.set_params(
+cache_interval, cache_branch_id)`) does: branch = block * L + layer, L the up blocks' resnets per block; down
+layers at or below (block, layer), the mid block and the up layers deeper than the mirror point are reused.
+
+The call index comes from the sampling engine (`fd.current_model_call()`), never from a host sync; in a captured
+loop the full/shallow pattern is fixed at capture and both kinds of call are in the one graph. Without the engine's
+context (a hand-written loop that does not set `fd.model_call`) the U-Net counts its own calls from the last
+`enable` or `handle.reset()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..context import current_model_call
+from .hooks import (CachedOutputHook, ModelHook, UpBlockHook, check_unet, hook_of, registry, release_up_block_hooks,
+                    remove, up_block_hooks)
+from .up_blocks import UP_BLOCKS
+
+# the parts of a down block that lie below a layer-level cache point (used exactly once per forward)
+_DOWN_TAIL = ("downsamplers", "resnet_down", "skip_conv")
+
+
+def quadratic_full_calls(calls: int, full: int, center: int, power: float = 1.2) -> list[int]:
+    """The paper's non-uniform spacing (`sample_from_quad_center` of the DeepCache code): `full` call indices in
+    [0, calls), densest around `center`, uniform in sign(u)|u|^(1/power) (for the left side the reference takes a
+    complex power of a negative number; the signed power is what it intends). Lowers the power from 1.2 by 0.02
+    until the indices are distinct, as the reference does."""
+    while power > 1:
+        u = np.linspace(-(center ** (1 / power)), (calls - center) ** (1 / power), full + 1)
+        x = np.trunc(np.sign(u) * np.abs(u) ** power).astype(np.int64)
+        indices = [0] + [int(v) + center for v in np.unique(x)[1:-1]]
+        if len(indices) == full:
+            return sorted(indices)
+        power -= 0.02
+    raise ValueError(f"no quadratic spacing of {full} full calls in {calls} around {center}; use fewer full calls "
+                     f"(a larger interval) or another center")
+
+
+@dataclass(frozen=True)
+class DeepCacheConfig:
+    """interval: a full call every `interval` calls (1: no caching). branch: the cache point (0: shallowest, the
+    paper's default). mode: "uniform" or "quadratic" (then `calls`, the model calls of one run, is required and
+    `center` defaults to calls // 2). blend: None reuses the stored feature as is; a weight w in [0, 1] makes full
+    calls after the first enter the cache point with w * fresh + (1 - w) * stored (shallow calls have only the
+    stored one)."""
+
+    interval: int = 3
+    branch: int = 0
+    mode: str = "uniform"
+    blend: Optional[float] = None
+    calls: Optional[int] = None
+    center: Optional[int] = None
+    full_calls: tuple[int, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        for name in ("interval", "branch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "interval" else 0):
+                raise ValueError(f"{name} must be an int >= {1 if name == 'interval' else 0}, got {value!r}")
+        if self.mode not in ("uniform", "quadratic"):
+            raise ValueError(f"mode must be 'uniform' or 'quadratic', got {self.mode!r}")
+        if self.blend is not None and not (isinstance(self.blend, (int, float)) and 0 <= self.blend <= 1):
+            raise ValueError(f"blend must be None or a weight in [0, 1], got {self.blend!r}")
+        if self.mode == "quadratic":
+            if not isinstance(self.calls, int) or self.calls < 1:
+                raise ValueError(f"mode='quadratic' needs calls (the model calls of one run) >= 1, got {self.calls!r}")
+            center = self.calls // 2 if self.center is None else self.center
+            if not isinstance(center, int) or not 0 <= center < self.calls:
+                raise ValueError(f"center must be an int in [0, {self.calls}), got {center!r}")
+            full = -(-self.calls // self.interval)
+            spacing = tuple(range(self.calls)) if full >= self.calls else tuple(
+                quadratic_full_calls(self.calls, full, center))
+            object.__setattr__(self, "full_calls", spacing)
+
+    def is_full(self, index: int) -> bool:
+        if self.mode == "uniform":
+            return index % self.interval == 0
+        if index >= self.calls:
+            raise RuntimeError(f"DeepCache (mode='quadratic', calls={self.calls}) saw model call {index}: the run makes "
+                               f"more calls than configured")
+        return index in self.full_calls
+
+
+class DeepCacheState:
+    """What one U-Net's DeepCache remembers: whether the current forward is a full call, and per forward slot (the
+    n-th U-Net forward within one model call, e.g. separate unconditional and conditional passes) the outputs stored
+    at the last full call. Reset at every new run."""
+
+    def __init__(self, config: DeepCacheConfig):
+        self.config = config
+        self.blend = None if config.blend is None else torch.tensor([float(config.blend)])
+        self.reset()
+
+    def reset(self) -> None:
+        self.run: Any = None
+        self.own_calls = 0  # without the engine's context: this U-Net's own count since the last reset
+        self.last_call: Any = None
+        self.slot = 0
+        self.full = True
+        self.outputs: dict[int, dict[str, Any]] = {}
+        self.entries: dict[int, Tensor] = {}
+        self.inputs: dict[int, tuple] = {}
+
+    def blend_on(self, device: torch.device) -> Tensor:
+        if self.blend.device != device:  # moved once, in eager mode or a graph's warm-up
+            self.blend = self.blend.to(device)
+        return self.blend
+
+    def begin(self, sample: Tensor) -> None:
+        """Decides this forward: the call index from the engine's context (or the own count), full or shallow."""
+        call = current_model_call()
+        if call is None:
+            index, slot = self.own_calls, 0
+            self.own_calls += 1
+        else:
+            if call.run != self.run:
+                self.reset()
+                self.run = call.run
+            slot = self.slot + 1 if (call.run, call.index) == self.last_call else 0
+            self.last_call, index = (call.run, call.index), call.index
+        self.slot, self.full = slot, self.config.is_full(index)
+        signature = (tuple(sample.shape), sample.dtype, sample.device)
+        if self.full:
+            self.outputs[slot] = {}
+            self.inputs[slot] = signature
+        elif self.inputs.get(slot) != signature:
+            stored = self.inputs.get(slot)
+            raise RuntimeError(
+                f"DeepCache: model call {index} is a shallow call for an input of shape {signature[0]}, "
+                f"{signature[1]} on {signature[2]}, but " + (
+                    "no full call of this run stored features for it (a run must start at a full call)"
+                    if stored is None else f"the last full call stored features of shape {stored[0]}, {stored[1]} "
+                                           f"on {stored[2]}") + "; features are never mixed across inputs")
+
+    def store(self, name: str, value: Any) -> Any:
+        self.outputs[self.slot][name] = value
+        return value
+
+    def fetch(self, name: str) -> Any:
+        return self.outputs[self.slot][name]
+
+    def store_entry(self, h: Tensor) -> None:
+        self.entries[self.slot] = h
+
+    def entry(self) -> Tensor:
+        return self.entries[self.slot]
+
+    def entry_before(self) -> Optional[Tensor]:
+        """The feature stored at the previous full call of this slot, if it has the same shape."""
+        return self.entries.get(self.slot)
+
+
+class DeepCacheUNetHook(ModelHook):
+    """On the U-Net itself: decides each forward (full or shallow) before any block runs."""
+
+    NAME = "fused_diffusion.deepcache_unet"
+    _is_stateful = True
+
+    def __init__(self, state: DeepCacheState, cache_point: tuple[int, int]):
+        super().__init__()
+        self.state, self.cache_point = state, cache_point
+
+    def graph_key(self) -> Hashable:
+        c = self.state.config
+        return ("deepcache", c.interval, c.branch, c.mode, c.blend is None, c.full_calls, self.cache_point)
+
+    def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any):
+        self.state.begin(args[0] if args else kwargs["sample"])
+        return args, kwargs
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        self.state.reset()
+        return module
+
+
+class DeepCacheHandle:
+    """Returned by `enable_deepcache`: `disable()` restores the U-Net; `reset()` restarts the own call count of a
+    hand-written loop without the engine's context."""
+
+    def __init__(self, unet: nn.Module, state: DeepCacheState, cached: list[nn.Module]):
+        self.unet, self.state, self.cached = unet, state, cached
+        self.config = state.config
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def disable(self) -> None:
+        for module in self.cached:
+            remove(module, CachedOutputHook.NAME)
+        for block in self.unet.up_blocks:
+            hook = hook_of(block, UpBlockHook.NAME)
+            if hook is not None:
+                hook.deepcache, hook.role, hook.start = None, None, 0
+        release_up_block_hooks(self.unet)
+        remove(self.unet, DeepCacheUNetHook.NAME)
+
+
+def apply_deepcache(unet: nn.Module, config: DeepCacheConfig) -> DeepCacheHandle:
+    """Installs DeepCache on a diffusers U-Net (see the module docstring); returns its handle."""
+    check_unet(unet, "DeepCache")
+    if hook_of(unet, DeepCacheUNetHook.NAME) is not None:
+        raise RuntimeError("DeepCache is already enabled on this U-Net; disable() its handle first")
+    for i, up in enumerate(unet.up_blocks):
+        if not UP_BLOCKS[type(up).__name__].concat_each:
+            raise TypeError(f"DeepCache does not support up_blocks[{i}] ({type(up).__name__}): k-diffusion blocks join "
+                            f"one skip per level, so the reference's (block, layer) cache points do not apply")
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    layers = len(unet.up_blocks[-1].resnets)  # L: up resnets per level, the reference's 3 for SD
+    block, layer = divmod(config.branch, layers)
+    if block >= n_down:
+        raise ValueError(f"branch {config.branch} is beyond this U-Net: {n_down} levels of {layers} layers allow "
+                         f"branches 0..{n_down * layers - 1}")
+    down = unet.down_blocks[block]
+    entry_block = unet.up_blocks[n_up - 1 - block]
+    if len(entry_block.resnets) != layers or len(getattr(down, "resnets", [])) != layers - 1:
+        raise TypeError(f"down_blocks[{block}] ({type(down).__name__}) and up_blocks[{n_up - 1 - block}] "
+                        f"({type(entry_block).__name__}) do not mirror each other ({layers} up layers)")
+    state = DeepCacheState(config)
+    cached: list[nn.Module] = [*unet.down_blocks[block + 1:], *([unet.mid_block] if unet.mid_block is not None else [])]
+    cached += list(down.resnets[layer:]) + list(getattr(down, "attentions", None) or [])[layer:]
+    for name in _DOWN_TAIL:
+        part = getattr(down, name, None)
+        cached += list(part) if isinstance(part, nn.ModuleList) else [part] if isinstance(part, nn.Module) else []
+    for i, module in enumerate(cached):
+        registry(module).register_hook(CachedOutputHook(state, f"cached.{i}"), CachedOutputHook.NAME)
+    hooks = up_block_hooks(unet)
+    for u, hook in enumerate(hooks):
+        if u < n_up - 1 - block:
+            hook.deepcache, hook.role = state, "cached"
+        elif u == n_up - 1 - block:
+            hook.deepcache, hook.role, hook.start = state, "entry", layers - 1 - layer
+    registry(unet).register_hook(DeepCacheUNetHook(state, (block, layer)), DeepCacheUNetHook.NAME)
+    return DeepCacheHandle(unet, state, cached)
+
+
+def enable_deepcache(unet: nn.Module, interval: int = 3, branch: int = 0, mode: str = "uniform",
+                     blend: Optional[float] = None, calls: Optional[int] = None,
+                     center: Optional[int] = None) -> DeepCacheHandle:
+    """DeepCache on a diffusers UNet2DModel / UNet2DConditionModel; see DeepCacheConfig for the arguments."""
+    return apply_deepcache(unet, DeepCacheConfig(interval, branch, mode, blend, calls, center))
