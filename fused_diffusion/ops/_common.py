@@ -31,6 +31,8 @@ def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
     batch = like.shape[0] if like.dim() else 1
     if value.numel() not in (1, batch) or (value.dim() > 0 and value.shape[0] != value.numel()):
         raise ValueError(f"{name} must have 1 element or one per batch element ({batch}), got shape {tuple(value.shape)}")
+    if value.dim() == 1 and value.dtype == torch.float32 and value.is_contiguous():
+        return value  # already the kernels' form: no reshape/convert launches on the hot path
     return value.reshape(-1).to(torch.float32).contiguous()
 
 
@@ -78,10 +80,13 @@ def overlaps_partially(out: Tensor, inputs: Sequence[Tensor]) -> bool:
     Exact aliasing is safe for elementwise kernels (each element is read before it is written by the
     same program); partial overlap is not, so such calls go through a temporary destination.
     """
-    lo, hi = _span(out)
+    storage = out.untyped_storage().data_ptr()
+    lo, hi = None, None
     for t in inputs:
-        if t.numel() == 0:
-            continue
+        if t.numel() == 0 or t.untyped_storage().data_ptr() != storage:
+            continue  # tensors in different storages cannot overlap
+        if lo is None:
+            lo, hi = _span(out)
         t_lo, t_hi = _span(t)
         if t_lo < hi and lo < t_hi and not (t_lo == lo and _strides(t) == _strides(out)):
             return True
