@@ -49,7 +49,7 @@ def environment() -> dict:
 def write_csv(name: str, rows: list[dict]) -> Path:
     env = environment()
     tag = "cpu" if not torch.cuda.is_available() else "".join(c if c.isalnum() else "_" for c in env["machine"])
-    path = RESULTS / f"digits_{name}_{tag}.csv"
+    path = RESULTS / f"{name}_{tag}.csv"
     RESULTS.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*env, *rows[0]])
@@ -83,7 +83,7 @@ def quality(args: argparse.Namespace) -> None:
     heun = max((r for r in rows if r["solver"] == "heun"), key=lambda r: r["calls"])
     print(f"target: Heun {heun['calls']} calls FD {heun['fd']:.2f} = {heun['fd'] / floor['fd']:.2f} x the data floor "
           f"(target <= 1.5 x)")
-    path = write_csv("quality", rows)
+    path = write_csv("digits_quality", rows)
     plot_quality(rows, path.with_suffix(".png"), floor["fd"])
 
 
@@ -154,7 +154,7 @@ def resolution(args: argparse.Namespace) -> None:
         row["fd_over_data_fd"] = row["fd"] / row["data_fd"]
         rows.append(row)
         print(row, flush=True)
-    write_csv("resolution", rows)
+    write_csv("digits_resolution", rows)
 
 
 def load(args: argparse.Namespace) -> None:
@@ -172,7 +172,7 @@ def load(args: argparse.Namespace) -> None:
         rows.append({"import_fused_diffusion_s": round(package_s, 3), "import_UNet2DModel_s": round(unet_import_s, 3),
                      "zoo_digits_s": round(load_s, 3)})
         print(rows[-1])
-    write_csv("load", rows)
+    write_csv("digits_load", rows)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh ops         # bench_ops sweep -> bench/results/ops_<gpu>.csv/.png
 #   bash bench/gpu_check.sh loop ddpm-cifar10 1   # bench_loop for one model and batch (with two torch.compile
 #   bash bench/gpu_check.sh loop ddpm-cifar10 128 #   setups a case takes minutes): also sd15 1 and sd15 8
+#   bash bench/gpu_check.sh unet        # bench_unet: DeepCache / Skip-Tuning inside the graph, fused concat
 #   bash bench/gpu_check.sh all         # everything in one go (longer than one device command allows)
 # Each stage ends with a short table of what it measured.
 set -euo pipefail
@@ -52,10 +53,15 @@ case $stage in
     python3 bench/bench_ops.py
     table "bench/results/ops_*.csv"
     ;;&
+  unet|all)
+    python3 bench/bench_unet.py speed --device cuda --steps 20 --repeats 5
+    python3 bench/bench_unet.py concat --device cuda
+    table "bench/results/unet_*_NVIDIA*.csv"
+    ;;&
   all)
     for case in "ddpm-cifar10 1" "ddpm-cifar10 128" "sd15 1" "sd15 8"; do loop $case; done
     ;;
   loop) loop "${2:?model}" "${3:?batch}" ;;
-  test|ops) ;;
-  *) echo "unknown stage $stage: test | ops | loop MODEL BATCH | all"; exit 2 ;;
+  test|ops|unet) ;;
+  *) echo "unknown stage $stage: test | ops | unet | loop MODEL BATCH | all"; exit 2 ;;
 esac
