@@ -56,9 +56,18 @@ def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | 
 
 
 def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed.Predictor | None = None,
-                afs: bool = True, scale_dir: float = 1.0, scale_time: float = 1.0, extra_args: dict | None = None,
-                callback: Callback | None = None, disable: bool | None = None) -> Tensor:
-    """AMED-Solver; predictor=None uses r = 1/2. See solvers/amed.py for the predictor protocol."""
+                afs: bool = True, scale_dir: float = 1.0, scale_time: float = 1.0, denoise_to_zero: bool = False,
+                extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None) -> Tensor:
+    """AMED-Solver; predictor=None uses r = 1/2. See solvers/amed.py for the predictor protocol.
+
+    As the AMED code, a schedule may end above 0 (at sigma_min): each interval is one AMED step (two model calls,
+    one with AFS on the first); `denoise_to_zero=True` then adds one call returning D(x, sigma_min). A schedule
+    ending in 0 already ends with that denoise."""
+    if denoise_to_zero:
+        if sigmas[-1] == 0:  # sync-ok: once, before the loop
+            raise ValueError("denoise_to_zero=True needs sigmas ending above 0; these end at 0, whose last step "
+                             "already returns the denoised estimate")
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     solver = solvers.AMED(predictor, afs, scale_dir, scale_time)
     return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
 

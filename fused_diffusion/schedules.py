@@ -11,7 +11,9 @@ from torch import Tensor
 
 
 def validate_sigmas(sigmas: Tensor) -> Tensor:
-    """Checks a schedule: 1-D, at least two values, finite, positive then a final 0, strictly decreasing."""
+    """Checks a schedule: 1-D, at least two values, finite, strictly decreasing, positive except that the last may be
+    0 (then the last step returns the denoised estimate; a schedule ending above 0 stops at that noise level, as
+    k-diffusion's samplers do for a base -> refiner hand-off or AMED's schedules)."""
     if not isinstance(sigmas, Tensor) or sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got {getattr(sigmas, 'shape', sigmas)!r}")
     if not sigmas.is_floating_point():
@@ -20,8 +22,8 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     if not torch.isfinite(host).all():
         bad = int((~torch.isfinite(host)).nonzero()[0])
         raise ValueError(f"sigmas[{bad}] = {host[bad].item()} is not finite")
-    if host[-1] != 0:
-        raise ValueError(f"the last sigma must be 0 (got sigmas[-1] = {host[-1].item()}); append_zero the schedule")
+    if host[-1] < 0:
+        raise ValueError(f"sigmas[{len(host) - 1}] = {host[-1].item()} must be >= 0")
     if (host[:-1] <= 0).any():
         bad = int((host[:-1] <= 0).nonzero()[0])
         raise ValueError(f"sigmas[{bad}] = {host[bad].item()} must be > 0 (only the last sigma may be 0)")

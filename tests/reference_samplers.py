@@ -117,12 +117,15 @@ def amed(model, x, sigmas, r=0.5, afs=True, scale_dir=1.0, scale_time=1.0):
 
 
 def consistency(model, x, sigmas, sigma_min=0.002):
+    """Consistency Models Alg. 1 (a final 0: the last call's x0 is the sample); a schedule ending above 0 re-noises
+    to its last sigma and stops there."""
     s_in = x.new_ones([x.shape[0]])
-    x0 = model(x, sigmas[0] * s_in)
-    for sigma in sigmas[1:-1]:
-        x = x0 + (sigma**2 - sigma_min**2).sqrt() * torch.randn_like(x0)
-        x0 = model(x, sigma * s_in)
-    return x0
+    for i in range(len(sigmas) - 1):
+        x0 = model(x, sigmas[i] * s_in)
+        if sigmas[i + 1] == 0:
+            return x0
+        x = x0 + (sigmas[i + 1] ** 2 - sigma_min**2).sqrt() * torch.randn_like(x0)
+    return x
 
 
 def ddim(eps_model, x, alphas_cumprod, timesteps, eta=0.0, final_alpha=1.0, generator=None):

@@ -45,6 +45,17 @@ class TestEager:
         sampler.set_schedule(schedule(sigma_max=10.0))
         torch.testing.assert_close(sampler(self.noise), fd.sample_heun(self.gmm, self.noise, schedule(sigma_max=10.0), disable=True))
 
+    def test_schedules_ending_above_zero(self):
+        sampler = fd.Sampler(self.gmm, "heun", schedule()[:-1])
+        torch.testing.assert_close(sampler(self.noise), fd.sample_heun(self.gmm, self.noise, schedule()[:-1], disable=True))
+        key = sampler.cache_key(self.noise)[0]
+        sampler.set_schedule(schedule(sigma_max=10.0)[:-1])  # same length, also ending above 0: replayed
+        assert sampler.cache_key(self.noise)[0] == key
+        torch.testing.assert_close(sampler(self.noise),
+                                   fd.sample_heun(self.gmm, self.noise, schedule(sigma_max=10.0)[:-1], disable=True))
+        sampler.set_schedule(fd.get_sigmas_karras(5, 0.01, 20.0))  # same length, ending at 0: another step structure
+        assert sampler.cache_key(self.noise)[0] != key
+
     def test_trajectory_out_and_callback(self):
         sampler = fd.Sampler(self.gmm, "euler", schedule(), keep_trajectory=True)
         out = torch.empty_like(self.noise)
@@ -274,6 +285,15 @@ class TestCudaGraph:
         sampler(noise)
         sampler.set_schedule(schedule(sigma_max=7.0).cuda())
         expected = fd.sample_heun(model, noise, schedule(sigma_max=7.0).cuda(), disable=True)
+        torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 1
+
+    def test_schedule_ending_above_zero_rewrites_tables_without_recapture(self):
+        model, noise = self.setup_model()
+        sampler = fd.Sampler(model, "dpmpp_2m", schedule().cuda()[:-1])
+        sampler(noise)
+        sampler.set_schedule(schedule(sigma_max=7.0).cuda()[:-1])
+        expected = fd.sample_dpmpp_2m(model, noise, schedule(sigma_max=7.0).cuda()[:-1], disable=True)
         torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
         assert sampler.captures == 1
 

@@ -72,7 +72,9 @@ def test_frechet_distance_is_small_between_heldout_halves_and_large_for_noise_or
     blur = fd.metrics.frechet_distance(torch.nn.functional.avg_pool2d(SPLIT.heldout_images, 3, 1, 1))
     assert train < halves < 25  # measured 5.9 and 15.1: the small-set bias of 148 vs 149 images
     assert noise > 100 and blur > 100  # measured 161 and 200
-    assert fd.metrics.frechet_distance(SPLIT.heldout_images) == pytest.approx(0, abs=1e-6)
+    # Not 1e-8 as for the random features above: these covariances are near-singular, and the square roots of their
+    # ~1e-13 round-off eigenvalues add up to ~1e-6 (the sign depends on the BLAS build).
+    assert fd.metrics.frechet_distance(SPLIT.heldout_images) == pytest.approx(0, abs=1e-4)
 
 
 def test_classifier_scores_see_confidence_and_mode_collapse():

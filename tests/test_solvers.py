@@ -51,11 +51,15 @@ STOCHASTIC = [
 
 @pytest.mark.parametrize("name,ours,theirs,options", DETERMINISTIC + STOCHASTIC, ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_independent_formula(backend, gmm, noise, name, ours, theirs, options, dtype):
-    """`backend` (conftest) forces each op backend in turn: the whole solver suite runs on each."""
+@pytest.mark.parametrize("end", ["zero", "above_zero"])
+def test_matches_independent_formula(backend, gmm, noise, name, ours, theirs, options, dtype, end):
+    """`backend` (conftest) forces each op backend in turn: the whole solver suite runs on each. Schedules end at 0
+    (the last step denoises) or above 0 (every step a regular one, as k-diffusion)."""
     _, device = backend
     gmm = gmm.to(device)
     s = sigmas(7, dtype).to(device)
+    if end == "above_zero":
+        s = s[:-1]
     x = noise.to(device, dtype)
     torch.manual_seed(123)
     expected = theirs(gmm, x, s, **options)
@@ -129,6 +133,20 @@ def test_amed_predictor_gives_per_sample_midpoints(gmm, noise):
         assert rel_err(got[b : b + 1], expected) < 1e-6
 
 
+def test_amed_denoise_to_zero_as_the_amed_code(gmm, noise):
+    """AMED's schedules end at sigma_min; denoise_to_zero adds one call returning D(x, sigma_min)."""
+    s = sigmas(4)[:-1]  # 4 sigmas, 3 AMED steps: 5 calls with AFS, as the paper's NFE = 5
+    calls = []
+    counted = lambda x, sigma: calls.append(1) or gmm(x, sigma)  # noqa: E731
+    x = fd.sample_amed(counted, noise, s, disable=True)
+    assert len(calls) == 5
+    torch.testing.assert_close(x, ref.amed(gmm, noise, s), rtol=1e-10, atol=1e-10)
+    final = fd.sample_amed(gmm, noise, s, denoise_to_zero=True, disable=True)
+    torch.testing.assert_close(final, gmm(x, s[-1].expand(len(x))), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="denoise_to_zero=True needs sigmas ending above 0"):
+        fd.sample_amed(gmm, noise, sigmas(4), denoise_to_zero=True)
+
+
 def test_ddim_matches_hand_written(noise):
     ac = fd.ddpm_alphas_cumprod(1000)
     eps_model = lambda x, t: torch.tanh(x) * (t.double() / 1000).reshape(-1, 1)  # noqa: E731
@@ -195,7 +213,7 @@ class TestBadInput:
         "bad,match",
         [
             (torch.tensor([3.0, 2.0, 2.0, 0.0]), "strictly decreasing"),
-            (torch.tensor([3.0, 2.0, 1.0]), "last sigma must be 0"),
+            (torch.tensor([3.0, 2.0, -1.0]), r"sigmas\[2\] = -1.0 must be >= 0"),
             (torch.tensor([3.0, float("nan"), 0.0]), r"sigmas\[1\] = nan is not finite"),
             (torch.tensor([3.0, -1.0, 0.0]), "must be > 0"),
             (torch.tensor([[3.0, 0.0]]), "1-D"),

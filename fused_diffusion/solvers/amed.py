@@ -51,7 +51,8 @@ class AMED(Solver):
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:].clone()
-        sigma_next[-1] = sigma[-1] / 2  # placeholder: the last step is Euler and never reads its row
+        if sigmas[-1] == 0:
+            sigma_next[-1] = sigma[-1] / 2  # placeholder: the step to 0 is Euler and never reads its row
         sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, 0.5, self.scale_dir, self.scale_time, False)
         if self.afs:
             _, afs_row, _ = amed_coefficients(sigma[:1], sigma_next[:1], 0.5, 1.0, 1.0, True)
@@ -62,7 +63,7 @@ class AMED(Solver):
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         analytic = self.afs and i == 0
-        last = i == run.n_steps - 1
+        last = run.lands_on_zero(i)
         if analytic and last:
             return run.lincomb("afs_euler", 0, x)
         if not analytic:

@@ -68,6 +68,9 @@ class Solver:
     def num_steps(self, schedule: Tensor) -> int:
         return len(schedule) - 1
 
+    def ends_at_zero(self, schedule: Tensor) -> bool:
+        return bool(schedule[-1] == 0)  # sync-ok: once per schedule
+
     def tables(self, schedule: Tensor) -> dict[str, Tensor]:
         """Host tables for a float64 CPU schedule; one row per step."""
         raise NotImplementedError
@@ -104,6 +107,8 @@ class Plan:
         self.host = self.solver.tables(schedule.detach().to("cpu", torch.float64))  # sync-ok: once per schedule
         self.schedule = schedule
         self.n_steps = self.solver.num_steps(schedule)
+        # a final 0 makes the last step a denoise (k-diffusion's rule); it changes the step structure, not just values
+        self.ends_at_zero = self.solver.ends_at_zero(schedule)
         self.version += 1
 
     def tables(self, device: torch.device, float_dtype: torch.dtype = torch.float32) -> DeviceTables:

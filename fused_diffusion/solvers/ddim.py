@@ -43,6 +43,9 @@ class DDIM(Solver):
     def graph_key(self) -> tuple:
         return (type(self).__name__, self.eta > 0, self.clip_sample, self.clip_sample_range)
 
+    def ends_at_zero(self, schedule: Tensor) -> bool:
+        return False  # a grid of timesteps / flow times, not sigmas: no denoise step
+
     def check_schedule(self, timesteps: Tensor) -> None:
         t = timesteps.detach().cpu()  # sync-ok: validated once, before the loop
         if t.dim() != 1 or len(t) == 0:

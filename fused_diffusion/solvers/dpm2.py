@@ -29,7 +29,7 @@ class DPM2(ChurnSolver):
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         x, denoised = self.denoise_churned(run, i, x)
-        if i == run.n_steps - 1:
+        if run.lands_on_zero(i):
             return denoised
         x_mid = run.lincomb("midpoint", i, x, denoised)
         denoised_mid = run.call(x_mid, i, "sigma_mid")

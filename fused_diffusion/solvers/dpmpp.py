@@ -30,7 +30,7 @@ class DPMpp2M(Solver):
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")
         run.report(i, x, denoised)
-        if i == run.n_steps - 1:
+        if run.lands_on_zero(i):
             return denoised
         if i == 0:
             x = run.lincomb("dpmpp_2m", i, x, denoised)

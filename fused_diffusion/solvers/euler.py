@@ -23,7 +23,7 @@ class Euler(ChurnSolver):
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         x, denoised = self.denoise_churned(run, i, x)
-        if i == run.n_steps - 1:
+        if run.lands_on_zero(i):
             return denoised  # the Euler step to sigma = 0 lands exactly on D
         return run.lincomb("euler", i, x, denoised)
 
@@ -56,7 +56,7 @@ class EulerAncestral(Solver):
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")
         run.report(i, x, denoised)
-        if i == run.n_steps - 1:
+        if run.lands_on_zero(i):
             return denoised  # sigma_down = sigma_up = 0
         if self.eta == 0:
             return run.lincomb("ancestral", i, x, denoised)  # deterministic: the noise column is 0

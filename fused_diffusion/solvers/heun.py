@@ -28,7 +28,7 @@ class Heun(ChurnSolver):
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         x, denoised = self.denoise_churned(run, i, x)
-        if i == run.n_steps - 1:
+        if run.lands_on_zero(i):
             return denoised
         x_pred = run.lincomb("euler", i, x, denoised)
         denoised_pred = run.call(x_pred, i, "sigma_next")

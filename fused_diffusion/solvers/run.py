@@ -63,6 +63,10 @@ class Run:
     def n_steps(self) -> int:
         return self.plan.n_steps
 
+    def lands_on_zero(self, i: int) -> bool:
+        """Step i goes to sigma = 0: it returns the denoised estimate instead of a solver update."""
+        return i == self.plan.n_steps - 1 and self.plan.ends_at_zero
+
     def value(self, name: str, i: int) -> Tensor:
         """Row i of table `name` broadcast over the batch: a [B] device tensor (no host sync)."""
         return self.tables[name][i].expand(self.shape[0])

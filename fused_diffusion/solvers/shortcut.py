@@ -15,6 +15,9 @@ class Shortcut(Solver):
 
     name = "shortcut"
 
+    def ends_at_zero(self, schedule: Tensor) -> bool:
+        return False  # a grid of timesteps / flow times, not sigmas: no denoise step
+
     def check_schedule(self, times: Tensor) -> None:
         t = times.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
         if t.dim() != 1 or len(t) < 2 or t[0] != 0 or t[-1] != 1 or ((t[1:] - t[:-1]) <= 0).any():
