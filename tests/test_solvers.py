@@ -127,7 +127,7 @@ def test_callback_matches_k_diffusion_dict(gmm, noise):
 def test_amed_predictor_gives_per_sample_midpoints(gmm, noise):
     """A predictor returning r per sample: sample b must match the reference run with that r alone."""
     rs = torch.linspace(0.3, 0.7, len(noise), dtype=torch.float64)
-    got = fd.sample_amed(gmm, noise, sigmas(5), predictor=lambda x, s, s_next: rs, disable=True)
+    got = fd.sample_amed(gmm, noise, sigmas(5), predictor=lambda x, s, s_next, analytic: rs, disable=True)
     for b, r in enumerate(rs.tolist()):
         expected = ref.amed(gmm, noise[b : b + 1], sigmas(5), r=r)
         assert rel_err(got[b : b + 1], expected) < 1e-6

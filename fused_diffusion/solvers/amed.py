@@ -11,8 +11,20 @@ from .. import ops
 from .base import Solver
 from .run import Run
 
-# predictor(x, sigma[B], sigma_next[B]) -> r [B] or (r, scale_dir, scale_time), each [B]
-Predictor = Callable[[Tensor, Tensor, Tensor], "Tensor | tuple[Tensor, Tensor, Tensor]"]
+# predictor(x, sigma[B], sigma_next[B], analytic) -> r [B] or (r, scale_dir, scale_time), each [B]. `analytic` says
+# the step's direction came from AFS, not from a model call at sigma (so the model's features of this step are absent).
+Predictor = Callable[[Tensor, Tensor, Tensor, bool], "Tensor | tuple[Tensor, Tensor, Tensor]"]
+
+
+def predict(predictor: Predictor, x: Tensor, sigma: Tensor, sigma_next: Tensor, analytic: bool,
+            scale_dir: float = 1.0, scale_time: float = 1.0) -> tuple[Tensor, Tensor | float, Tensor | float]:
+    """(r, scale_dir, scale_time) from a predictor's output; scales it does not predict take the given values."""
+    prediction = predictor(x, sigma, sigma_next, analytic)
+    if isinstance(prediction, tuple):
+        if len(prediction) != 3:
+            raise ValueError(f"an AMED predictor returns r or (r, scale_dir, scale_time); got {len(prediction)} values")
+        return prediction
+    return prediction, scale_dir, scale_time
 
 
 def amed_coefficients(sigma: Tensor, sigma_next: Tensor, r, scale_dir, scale_time, analytic: bool):
@@ -80,8 +92,8 @@ class AMED(Solver):
     def predicted_step(self, run: Run, i: int, x: Tensor, denoised: Tensor | None) -> Tensor:
         """The step with per-sample (r, scale_dir, scale_time) from the predictor: per-batch lincomb rows."""
         sigma, sigma_next = run.value("sigma", i), run.value("sigma_next", i)
-        pred = self.predictor(x, sigma, sigma_next)
-        r, scale_dir, scale_time = pred if isinstance(pred, tuple) else (pred, 1.0, 1.0)
+        r, scale_dir, scale_time = predict(self.predictor, x, sigma, sigma_next, denoised is None, self.scale_dir,
+                                           self.scale_time)
         sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, r, scale_dir, scale_time, denoised is None)
         x_mid = ops.lincomb([x], midpoint[:, :1]) if denoised is None else ops.lincomb([x, denoised], midpoint)
         denoised_mid = run.call_with(x_mid, i, "predicted midpoint", sigma_mid)
