@@ -1,5 +1,6 @@
 """Independent re-statements of the papers' samplers, written as plain loops (k-diffusion 0.1.1's code for the
-samplers it has; AMED's and DDIM's from their papers), for the solver tests. Nothing here imports the library."""
+samplers it has; AMED's and DDIM's from their papers; iPNDM's from the AMED code), for the solver tests. Nothing
+here imports the library."""
 import math
 
 import torch
@@ -113,6 +114,56 @@ def amed(model, x, sigmas, r=0.5, afs=True, scale_dir=1.0, scale_time=1.0):
         x_mid = x + (t_mid - t_cur) * d_cur
         d_mid = (x_mid - model(x_mid, scale_time * t_mid * s_in)) / t_mid
         x = x + scale_dir * (t_next - t_cur) * d_mid
+    return x
+
+
+def ipndm(model, x, sigmas, max_order=4, afs=False, predictor=None, scale_dir=1.0, scale_time=1.0):
+    """iPNDM (Zhang & Chen 2023) and its AMED-Plugin (Zhou et al. 2024), as ipndm_sampler in zju-pi/diff-sampler's
+    amed-solver-main/solvers_amed.py: Adams-Bashforth on d = (x - D) / t over a buffer of past derivatives (the
+    plugin pushes both d and d_mid), order min(max_order, len(buffer) + 1). Differences from that code: the buffer
+    keeps max_order - 1 entries by slicing (so max_order = 1 keeps none instead of failing), AFS is tied to step 0,
+    and a step to t = 0 is the plain step (no midpoint). predictor(x, t[B], t_next[B], analytic) -> r or
+    (r, scale_dir, scale_time), per sample."""
+    s_in = x.new_ones([x.shape[0]])
+    per_sample = lambda v: v.reshape(-1, *[1] * (x.dim() - 1)) if torch.is_tensor(v) and v.dim() else v  # noqa: E731
+    buffer = []
+
+    def multistep(x, dt, d):
+        order = min(max_order, len(buffer) + 1)
+        if order == 1:
+            return x + dt * d
+        if order == 2:
+            return x + dt * (3 * d - buffer[-1]) / 2
+        if order == 3:
+            return x + dt * (23 * d - 16 * buffer[-1] + 5 * buffer[-2]) / 12
+        return x + dt * (55 * d - 59 * buffer[-1] + 37 * buffer[-2] - 9 * buffer[-3]) / 24
+
+    def push(d):
+        buffer.append(d)
+        while len(buffer) > max_order - 1:
+            buffer.pop(0)
+
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        use_afs = afs and i == 0
+        if use_afs:
+            d_cur = x / (1 + t_cur**2).sqrt()
+        else:
+            d_cur = (x - model(x, t_cur * s_in)) / t_cur
+        if predictor is None or t_next == 0:
+            x_next = multistep(x, t_next - t_cur, d_cur)
+            push(d_cur)
+            x = x_next
+            continue
+        out = predictor(x, t_cur * s_in, t_next * s_in, use_afs)
+        r, sd, st = out if isinstance(out, tuple) else (out, scale_dir, scale_time)
+        r, sd, st = per_sample(r), per_sample(sd), per_sample(st)
+        t_mid = (t_next**r) * (t_cur ** (1 - r))
+        x_mid = multistep(x, t_mid - t_cur, d_cur)
+        push(d_cur)
+        d_mid = (x_mid - model(x_mid, (st * t_mid).reshape(-1) * s_in)) / t_mid
+        x = multistep(x_mid, sd * (t_next - t_mid), d_mid)
+        push(d_mid)
     return x
 
 

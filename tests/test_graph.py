@@ -32,7 +32,7 @@ class TestEager:
     gmm = fd.GaussianMixture.random(3, 4, seed=0)
     noise = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)) * 20
 
-    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed"])
+    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed", "ipndm"])
     def test_cpu_runs_the_same_solver_code(self, solver):
         sampler = fd.Sampler(self.gmm, solver, schedule())
         expected = getattr(fd, f"sample_{solver}")(self.gmm, self.noise, schedule(), disable=True)
@@ -270,7 +270,7 @@ class TestCudaGraph:
         torch.manual_seed(0)
         return TinyDenoiser().cuda(), torch.randn(2, 4, 16, 16, device="cuda") * 20
 
-    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed"])
+    @pytest.mark.parametrize("solver", ["euler", "heun", "dpm_2", "dpmpp_2m", "amed", "ipndm"])
     def test_graph_equals_eager_and_replays(self, solver):
         model, noise = self.setup_model()
         sampler = fd.Sampler(model, solver, schedule().cuda())

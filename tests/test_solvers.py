@@ -39,6 +39,9 @@ DETERMINISTIC = [
     ("amed", fd.sample_amed, ref.amed, {}),
     ("amed_no_afs_scaled", fd.sample_amed, ref.amed, dict(afs=False, scale_dir=1.02, scale_time=0.98)),
     ("euler_ancestral_eta0", fd.sample_euler_ancestral, ref.euler_ancestral, dict(eta=0.0)),
+    ("ipndm", fd.sample_ipndm, ref.ipndm, {}),
+    ("ipndm_plugin_afs", fd.sample_ipndm, ref.ipndm,
+     dict(max_order=3, afs=True, predictor=lambda x, s, s_next, analytic: torch.full_like(s, 0.4))),
 ]
 STOCHASTIC = [
     ("euler_churn", fd.sample_euler, ref.euler, CHURN),

@@ -7,11 +7,12 @@ from .dpm2 import DPM2
 from .dpmpp import DPMpp2M
 from .euler import Euler, EulerAncestral
 from .heun import Heun
+from .ipndm import IPNDM
 from .run import Run, check_input, run_steps, sample
 from .shortcut import Shortcut
 
 SOLVERS: dict[str, type[Solver]] = {
-    cls.name: cls for cls in (Euler, EulerAncestral, Heun, DPM2, DPMpp2M, AMED, DDIM, Shortcut, Consistency)
+    cls.name: cls for cls in (Euler, EulerAncestral, Heun, DPM2, DPMpp2M, AMED, IPNDM, DDIM, Shortcut, Consistency)
 }
 
 
@@ -27,5 +28,5 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
 
 
 __all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPMpp2M", "DeviceTables", "Euler", "EulerAncestral", "Heun",
-           "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver",
+           "IPNDM", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver",
            "run_steps", "sample"]
