@@ -1,10 +1,12 @@
 """Command line: `python -m fused_diffusion demo` (the shipped digits model with every ODE solver; `--gmm` for the
-analytic Gaussian mixture), `train digits` / `train digits-classifier` (the shipped weights), `backends`."""
+analytic Gaussian mixture), `train digits` / `train digits-classifier` / `train digits-amed` (the shipped weights), `backends`."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 import fused_diffusion as fd
 
@@ -16,6 +18,13 @@ def train(args: argparse.Namespace) -> None:
         model, acc = classifier.train_classifier(seed=args.seed)
         classifier.save_classifier(model, acc, seed=args.seed)
         print(f"held-out accuracy {acc:.4f}; wrote {classifier.CLASSIFIER_WEIGHTS}")
+        return
+    if args.model == "digits-amed":
+        from fused_diffusion.zoo.digits_amed import train_digits_amed
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"wrote {train_digits_amed(args.student, args.calls, args.trajectories, args.seed, args.out and Path(args.out))}")
         return
     cfg = train.TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             max_minutes=args.max_minutes, workdir=Path(args.workdir), threads=args.threads,
@@ -29,8 +38,8 @@ def main() -> None:
     from fused_diffusion import demo
 
     demo.add_arguments(sub.add_parser("demo", help="sample the shipped digits model with every ODE solver"))
-    t = sub.add_parser("train", help="train the shipped digits U-Net or the metric's classifier")
-    t.add_argument("model", choices=["digits", "digits-classifier"])
+    t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
+    t.add_argument("model", choices=["digits", "digits-classifier", "digits-amed"])
     defaults = fd.zoo.train.TrainConfig()
     t.add_argument("--iterations", type=int, default=defaults.iterations)
     t.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -40,7 +49,10 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--workdir", default=str(defaults.workdir), help="checkpoints (resumable with --resume)")
     t.add_argument("--resume", action="store_true")
-    t.add_argument("--out", default=None, help=f"weights file (default: the shipped {defaults.out.name})")
+    t.add_argument("--out", default=None, help="weights file (default: the shipped one)")
+    t.add_argument("--student", choices=fd.amed.predictor.STUDENTS, default="amed", help="digits-amed: the solver")
+    t.add_argument("--calls", type=int, default=5, help="digits-amed: model calls of the student")
+    t.add_argument("--trajectories", type=int, default=10_000, help="digits-amed: teacher trajectories")
     sub.add_parser("backends", help="print which op backends are available and active")
     args = parser.parse_args()
     if args.command == "demo":

@@ -1,0 +1,170 @@
+"""Training the AMED predictor by distillation (Zhou et al. 2024, sec. 3.2-3.3 and their `training/loss.py`).
+
+A teacher solves the ODE on a finer schedule (M extra points in every interval of the student's schedule); at each
+coarse time the student takes one step from the teacher's point of the previous time (teacher forcing; a multistep
+student keeps its own trajectory and history, as the AMED code), and the loss is the squared distance between the
+student's and the teacher's points, through the model's call at the predicted midpoint. One optimiser step per
+student step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import trange
+
+from .. import schedules, solvers
+from .predictor import STUDENTS, Predictor, bottleneck_dim
+
+SCHEDULES = {"polynomial": schedules.get_sigmas_polynomial, "time_uniform": schedules.get_sigmas_time_uniform,
+             "logsnr": schedules.get_sigmas_logsnr}
+
+
+def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, kind: str = "polynomial",
+             rho: float = 7.0) -> Tensor:
+    """The student's schedule for `calls` model calls: steps + 1 sigmas from sigma_max down to sigma_min (not 0),
+    each step two calls (an AMED step, or an AMED-Plugin step), one less with AFS. As the AMED code: `kind` is
+    'polynomial' (EDM's, exponent rho), 'time_uniform' (rho = 1 is uniform in VP time) or 'logsnr'."""
+    if not isinstance(calls, int) or calls < 1:
+        raise ValueError(f"calls must be an int >= 1, got {calls!r}")
+    if (calls + int(afs)) % 2:
+        raise ValueError(f"with afs={afs} a schedule costs {'an odd' if afs else 'an even'} number of calls (two per "
+                         f"step{', one saved on the first' if afs else ''}); got calls={calls}: use afs={not afs}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"kind must be one of {sorted(SCHEDULES)}, got {kind!r}")
+    steps = (calls + int(afs)) // 2
+    options = {} if kind == "logsnr" else {"rho": rho}
+    return SCHEDULES[kind](steps + 1, sigma_min, sigma_max, **options)[:-1]
+
+
+def refine(sigmas: Tensor, M: int, rho: float = 7.0) -> Tensor:
+    """`sigmas` with M points inserted in every interval, uniformly in sigma^(1/rho) (for EDM's polynomial schedule
+    this is the same schedule with (M + 1) n + 1 points, as the AMED code's teacher)."""
+    sigmas = sigmas.double()
+    ramp = sigmas ** (1 / rho)
+    fractions = torch.arange(M + 1, dtype=torch.float64) / (M + 1)
+    inner = ramp[:-1, None] + fractions * (ramp[1:] - ramp[:-1])[:, None]
+    fine = torch.cat([inner.reshape(-1), ramp[-1:]]) ** rho
+    fine[:: M + 1] = sigmas  # the student's times exactly, not through the round trip
+    return fine
+
+
+def teacher_points(teacher: solvers.Plan, model: Callable[..., Tensor], noise: Tensor, M: int,
+                   extra_args: dict | None) -> Tensor:
+    """The teacher's solution at each of the student's times after the first: [steps, B, ...]."""
+    run = solvers.Run(teacher, model, noise, extra_args=extra_args)
+    trajectory = noise.new_empty((teacher.n_steps + 1, *noise.shape))
+    trajectory[0].copy_(noise)
+    with torch.no_grad():
+        solvers.run_steps(run, noise, True, trajectory)
+    run.raise_if_not_finite(run.finite_flags())
+    return trajectory[M + 1 :: M + 1]
+
+
+def distill(
+    denoiser: Callable[..., Tensor],
+    sigmas: Tensor,
+    shape: tuple[int, ...],
+    *,
+    student: str = "amed",
+    teacher: str = "heun",
+    M: int = 1,
+    afs: bool = True,
+    max_order: int = 4,
+    scale_dir: float = 0.01,
+    scale_time: float = 0.0,
+    trajectories: int = 10_000,
+    batch: int = 128,
+    lr: float = 5e-3,
+    seed: int = 0,
+    extra_args: dict | None = None,
+    progress: bool = True,
+    predictor: Predictor | None = None,
+) -> Predictor:
+    """Trains an AMED predictor for `denoiser` (model(x, sigma[B]) -> x0, EDM convention) and the student's
+    schedule `sigmas` (decreasing, ending above 0, e.g. `fd.amed.schedule(5, sigma_min, sigma_max)`).
+
+    `shape` is one sample's shape. The student is 'amed' (AMED-Solver) or 'ipndm' (AMED-Plugin on iPNDM with
+    `max_order`; max_order=1 is the plugin on Euler); the teacher any deterministic solver of the library on the
+    schedule refined by M points per interval. Defaults are the paper's CIFAR-10 settings: Heun teacher, M = 1, AFS,
+    scale_dir 0.01, 10k trajectories in batches of 128, Adam lr 5e-3. The predictor reads the bottleneck of the
+    U-Net inside `denoiser` when there is one (a diffusers `mid_block`), else only the times. Seeded: the same
+    arguments give the same predictor. Returns it attached to the denoiser, in eval mode.
+    """
+    sigmas = _check(sigmas, student, teacher, M, trajectories, batch, max_order)
+    device = sigmas.device
+    if predictor is None:
+        dim = bottleneck_dim(denoiser, (batch, *shape), sigmas[:1], extra_args)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's generator untouched
+            torch.manual_seed(seed)
+            predictor = Predictor(dim, scale_dir=scale_dir, scale_time=scale_time)
+    predictor.to(device).attach(denoiser).train()
+    predictor.sigmas, predictor.student, predictor.afs, predictor.max_order = sigmas.cpu(), student, bool(afs), max_order
+    student_solver = predictor.solver()
+    plan = solvers.Plan(student_solver, sigmas)
+    teacher_plan = solvers.Plan(solvers.get_solver(teacher), refine(sigmas.cpu(), M).to(device, sigmas.dtype))
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    generator = torch.Generator(device).manual_seed(seed)
+    model_params = [p for p in denoiser.parameters() if p.requires_grad] if isinstance(denoiser, nn.Module) else []
+    iterations = math.ceil(trajectories / batch)
+    teacher_forcing = student == "amed" or max_order == 1  # as the AMED code: single-step students restart from it
+    losses: list[float] = []
+    start = time.perf_counter()
+    try:
+        for p in model_params:  # gradients flow through the model's input only
+            p.requires_grad_(False)
+        bar = trange(iterations, disable=not progress, desc=f"AMED distillation ({student}, {predictor.calls} calls)")
+        for _ in bar:
+            noise = torch.randn((batch, *shape), generator=generator, device=device) * sigmas[0]
+            targets = teacher_points(teacher_plan, denoiser, noise, M, extra_args)
+            run = solvers.Run(plan, denoiser, noise, extra_args=extra_args, check_finite=False)
+            x, total = noise, 0.0
+            for i in range(plan.n_steps):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    out = student_solver.step(run, i, x)
+                    loss = (out - targets[i]).square().sum() / batch  # the AMED code's loss.sum() / batch
+                loss.backward()
+                for p in predictor.parameters():  # as the AMED code: a rare non-finite gradient must not end the run
+                    if p.grad is not None:
+                        torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+                optimizer.step()
+                _detach_history(run)
+                x = targets[i] if teacher_forcing else out.detach()
+                total += loss.item()
+            losses.append(total / plan.n_steps)
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    finally:
+        for p in model_params:
+            p.requires_grad_(True)
+    predictor.info = {"teacher": teacher, "M": M, "trajectories": iterations * batch, "batch": batch, "lr": lr,
+                      "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+                      "loss_first": losses[0], "loss_last": losses[-1]}
+    return predictor.eval().requires_grad_(False)
+
+
+def _check(sigmas: Tensor, student: str, teacher: str, M: int, trajectories: int, batch: int, max_order: int) -> Tensor:
+    schedules.validate_sigmas(sigmas)
+    if sigmas[-1] <= 0:  # sync-ok: once
+        raise ValueError("distill needs the student's schedule ending above 0 (at sigma_min, as AMED's; the step to "
+                         f"0 has no midpoint to learn); got sigmas[-1] = {float(sigmas[-1])}")
+    if student not in STUDENTS:
+        raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+    if teacher not in solvers.SOLVERS:
+        raise ValueError(f"teacher must be a solver name, one of {sorted(solvers.SOLVERS)}; got {teacher!r}")
+    for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if student == "ipndm" and max_order not in (1, 2, 3, 4):
+        raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
+    return sigmas
+
+
+def _detach_history(run: solvers.Run) -> None:
+    """A multistep student's history carries no graph into the next optimiser step (the AMED code's .detach())."""
+    kept = [h.detach() for h in run.history]
+    run.history.clear()
+    run.history.extend(kept)
