@@ -52,7 +52,7 @@ def main() -> None:
     t.add_argument("--out", default=None, help="weights file (default: the shipped one)")
     t.add_argument("--student", choices=fd.amed.predictor.STUDENTS, default="amed", help="digits-amed: the solver")
     t.add_argument("--calls", type=int, default=5, help="digits-amed: model calls of the student")
-    t.add_argument("--trajectories", type=int, default=10_000, help="digits-amed: teacher trajectories")
+    t.add_argument("--trajectories", type=int, default=30_000, help="digits-amed: teacher trajectories")
     sub.add_parser("backends", help="print which op backends are available and active")
     args = parser.parse_args()
     if args.command == "demo":
