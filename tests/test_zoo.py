@@ -14,6 +14,7 @@ from fused_diffusion.zoo.train import TrainConfig, train_digits
 # (torch 2.13 CPU), pinned with a margin; 300 train digits score 7.5, noise about 160, so a broken loader, adapter,
 # schedule or solver lands far above it.
 DDIM_50_FD_BOUND = 12.0
+AMED_5_FD_BOUND = 12.0
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,21 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
         torch.testing.assert_close(again[name], straight[name], rtol=0, atol=0)
     assert fd.zoo.digits(path=tmp_path / "a" / "out.safetensors").sample_shape == (1, 8, 8)
+
+
+def test_shipped_amed_predictor_beats_its_own_schedule_without_it(model):
+    """The shipped AMED predictor (5 calls): on 300 samples, FD 9.30 measured against 24.4 for r = 1/2 on the same
+    schedule (the same 5 calls); pinned with a margin."""
+    denoiser, _, shape = model
+    predictor = fd.zoo.digits_amed(denoiser)
+    assert predictor.calls == 5 and predictor.student == "amed" and predictor.afs
+    noise = torch.randn(300, *shape, generator=torch.Generator().manual_seed(0)) * predictor.sigmas[0]
+    learned = fd.metrics.frechet_distance(predictor.sample(denoiser, noise))
+    half = fd.metrics.frechet_distance(fd.sample_amed(denoiser, noise, predictor.sigmas, disable=True))
+    assert learned < AMED_5_FD_BOUND and learned < half / 1.5
+    predictor.release()
+
+
+def test_unknown_amed_predictor_names_what_ships(model):
+    with pytest.raises(ValueError, match=r"shipped: \[\('amed', 5\)"):
+        fd.zoo.digits_amed(model.denoiser, calls=7)
