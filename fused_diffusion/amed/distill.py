@@ -138,7 +138,7 @@ def distill(
             noise = torch.randn((batch, *shape), generator=generator, device=device) * sigmas[0]
             targets = teacher_points(teacher_plan, denoiser, noise, M, extra_args)
             run = solvers.Run(plan, denoiser, noise, extra_args=extra_args, check_finite=False)
-            x, total = noise, 0.0
+            x, total = noise, noise.new_zeros((), dtype=torch.float64)
             for i in range(plan.n_steps):
                 optimizer.zero_grad(set_to_none=True)
                 with torch.enable_grad():
@@ -151,8 +151,8 @@ def distill(
                 optimizer.step()
                 _detach_history(run)
                 x = targets[i] if teacher_forcing else out.detach()
-                total += loss.item()
-            losses.append(total / plan.n_steps)
+                total += loss.detach()
+            losses.append(total.item() / plan.n_steps)  # one host sync per iteration, not per step
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
     finally:
         for p in model_params:
