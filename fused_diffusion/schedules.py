@@ -11,9 +11,11 @@ from torch import Tensor
 
 
 def validate_sigmas(sigmas: Tensor) -> Tensor:
-    """Checks a schedule: 1-D, at least two values, finite, strictly decreasing, positive except that the last may be
-    0 (then the last step returns the denoised estimate; a schedule ending above 0 stops at that noise level, as
-    k-diffusion's samplers do for a base -> refiner hand-off or AMED's schedules)."""
+    """Checks a schedule: 1-D, at least two values, finite, decreasing, positive except that the last may be 0 (then
+    the last step returns the denoised estimate; a schedule ending above 0 stops at that noise level, as k-diffusion's
+    samplers do for a base -> refiner hand-off or AMED's schedules). A repeated sigma is a step of length 0, as in
+    k-diffusion (the model is called, x does not move); multistep solvers refuse it where their coefficients would be
+    NaN (solvers/base.py, check_tables_finite)."""
     if not isinstance(sigmas, Tensor) or sigmas.dim() != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got {getattr(sigmas, 'shape', sigmas)!r}")
     if not sigmas.is_floating_point():
@@ -28,11 +30,10 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
         bad = int((host[:-1] <= 0).nonzero()[0])
         raise ValueError(f"sigmas[{bad}] = {host[bad].item()} must be > 0 (only the last sigma may be 0)")
     steps = host[1:] - host[:-1]
-    if (steps >= 0).any():
-        bad = int((steps >= 0).nonzero()[0])
+    if (steps > 0).any():
+        bad = int((steps > 0).nonzero()[0])
         raise ValueError(
-            f"sigmas must be strictly decreasing: sigmas[{bad}] = {host[bad].item()} "
-            f"<= sigmas[{bad + 1}] = {host[bad + 1].item()}"
+            f"sigmas must be decreasing: sigmas[{bad}] = {host[bad].item()} < sigmas[{bad + 1}] = {host[bad + 1].item()}"
         )
     return sigmas
 
@@ -74,6 +75,15 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float, device="c
 
 
 get_sigmas_logsnr = get_sigmas_exponential
+
+
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, device="cpu") -> Tensor:
+    """Polynomial in log sigma: log sigma_i = log sigma_min + (1 - i/(n-1))^rho (log sigma_max - log sigma_min); as
+    k-diffusion 0.1.1 (rho = 1 is the exponential schedule)."""
+    _check_range(n, sigma_min, sigma_max)
+    ramp = torch.linspace(1, 0, n) ** rho
+    sigmas = torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min))
+    return validate_sigmas(append_zero(sigmas).to(device))
 
 
 def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3, device="cpu") -> Tensor:

@@ -215,7 +215,7 @@ class TestBadInput:
     @pytest.mark.parametrize(
         "bad,match",
         [
-            (torch.tensor([3.0, 2.0, 2.0, 0.0]), "strictly decreasing"),
+            (torch.tensor([3.0, 2.0, 2.5, 0.0]), r"must be decreasing: sigmas\[1\] = 2.0 < sigmas\[2\] = 2.5"),
             (torch.tensor([3.0, 2.0, -1.0]), r"sigmas\[2\] = -1.0 must be >= 0"),
             (torch.tensor([3.0, float("nan"), 0.0]), r"sigmas\[1\] = nan is not finite"),
             (torch.tensor([3.0, -1.0, 0.0]), "must be > 0"),

@@ -74,8 +74,8 @@ class Sampler:
         return self.plan.schedule
 
     def set_schedule(self, schedule: Tensor) -> None:
-        """A new schedule. With the same number of steps (and a final 0 or not, like the old one), cached graphs
-        replay it after an in-place table rewrite."""
+        """A new schedule. With the same number of steps and step structure (a final 0 or not, like the old one),
+        cached graphs replay it after an in-place table rewrite."""
         self.plan.set_schedule(schedule)
 
     def invalidate(self) -> None:
@@ -91,7 +91,7 @@ class Sampler:
             structure, weights = watch.structure, watch.weights
         extra = {**self.extra_args, **(extra_args or {})}
         key = (tuple(noise.shape), noise.dtype, noise.device, self.solver.graph_key(), self.plan.n_steps,
-               self.plan.ends_at_zero,
+               self.plan.structure,
                id(self.model), structure, argument_signature(extra), self.check_finite, self.keep_trajectory)
         return key, weights
 

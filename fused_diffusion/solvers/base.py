@@ -71,6 +71,22 @@ class Solver:
     def ends_at_zero(self, schedule: Tensor) -> bool:
         return bool(schedule[-1] == 0)  # sync-ok: once per schedule
 
+    def host_schedule(self, schedule: Tensor) -> Tensor:
+        """The schedule `tables` receives: float64 on the CPU (a solver that must repeat k-diffusion's float32
+        arithmetic keeps the dtype)."""
+        return schedule.detach().to("cpu", torch.float64)  # sync-ok: once per schedule
+
+    def noise_sigmas(self, schedule: Tensor) -> dict[str, Tensor]:
+        """Named [n, 2] tables of the (sigma, sigma_next) pairs a step passes to a noise sampler, computed from the
+        schedule in its own dtype and device as k-diffusion computes them (a Brownian tree's increments depend on
+        the exact query times). The default pair, schedule[i] and schedule[i + 1], needs no entry."""
+        return {}
+
+    def structure(self, host: dict[str, Tensor]) -> Hashable:
+        """What in this schedule's tables changes which launches a step makes (a branch taken on a table value): part
+        of a graph's cache key, so a new schedule with another structure captures anew."""
+        return None
+
     def tables(self, schedule: Tensor) -> dict[str, Tensor]:
         """Host tables for a float64 CPU schedule; one row per step."""
         raise NotImplementedError
@@ -104,11 +120,15 @@ class Plan:
 
     def set_schedule(self, schedule: Tensor) -> None:
         self.solver.check_schedule(schedule)
-        self.host = self.solver.tables(schedule.detach().to("cpu", torch.float64))  # sync-ok: once per schedule
+        host = self.solver.tables(self.solver.host_schedule(schedule))
+        check_tables_finite(self.solver, host, schedule)
+        self.host = host
+        self.noise_sigmas = self.solver.noise_sigmas(schedule.detach())
         self.schedule = schedule
         self.n_steps = self.solver.num_steps(schedule)
         # a final 0 makes the last step a denoise (k-diffusion's rule); it changes the step structure, not just values
         self.ends_at_zero = self.solver.ends_at_zero(schedule)
+        self.structure = (self.ends_at_zero, self.solver.structure(host))
         self.version += 1
 
     def tables(self, device: torch.device, float_dtype: torch.dtype = torch.float32) -> DeviceTables:
@@ -124,6 +144,23 @@ class Plan:
                 tables.load(self.host)
         self._device[key] = (tables, self.version)
         return tables
+
+
+def check_tables_finite(solver: Solver, host: dict[str, Tensor], schedule: Tensor) -> None:
+    """A schedule whose coefficients are NaN or inf (a repeated sigma under a multistep solver, whose step-size ratio
+    becomes 0 or inf; k-diffusion returns NaN there) is refused before the loop, naming the step."""
+    for name, table in host.items():
+        if not table.is_floating_point():
+            continue
+        bad = ~torch.isfinite(table.reshape(len(table), -1)).all(dim=1)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            pair = ", ".join(f"{float(v):.6g}" for v in schedule[i : i + 2].tolist())  # sync-ok: error path
+            raise ValueError(
+                f"{solver.name}: step {i} (schedule values {pair}) gives non-finite {name!r} coefficients "
+                f"{table[i].tolist()}; a repeated sigma makes a multistep solver's step-size ratio 0 or infinite "
+                "(k-diffusion returns NaN there): use a strictly decreasing schedule with this solver"
+            )
 
 
 def table_dtype(data_dtype: torch.dtype) -> torch.dtype:

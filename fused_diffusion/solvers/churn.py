@@ -32,10 +32,12 @@ class ChurnSolver(Solver):
         return tables
 
     def denoise_churned(self, run: Run, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The first stage of step i: churn x (one fused launch; noise drawn every step, as k-diffusion does), then
-        D(x_hat, sigma_hat), reported to the callback. Returns (x_hat, D)."""
+        """The first stage of step i: churn x (one fused launch), then D(x_hat, sigma_hat), reported to the callback.
+        Returns (x_hat, D). k-diffusion draws the churn noise on every step, churn or not."""
         if self.s_churn > 0:
             x = run.lincomb("churn", i, x, run.noise(i))
+        else:
+            run.unused_noise(i)
         denoised = run.call(x, i, "sigma_hat")
         run.report(i, x, denoised, "sigma_hat")
         return x, denoised

@@ -30,9 +30,10 @@ class Euler(ChurnSolver):
 
 def ancestral_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
     """k-diffusion's get_ancestral_step: sigma_up^2 = eta^2 sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2
-    (capped at sigma_next), sigma_down^2 = sigma_next^2 - sigma_up^2."""
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
-    sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+    (capped at sigma_next), sigma_down^2 = sigma_next^2 - sigma_up^2, in its operations (DPM-Solver-fast repeats
+    them in float32)."""
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
 
@@ -59,5 +60,6 @@ class EulerAncestral(Solver):
         if run.lands_on_zero(i):
             return denoised  # sigma_down = sigma_up = 0
         if self.eta == 0:
+            run.unused_noise(i)
             return run.lincomb("ancestral", i, x, denoised)  # deterministic: the noise column is 0
         return run.lincomb("ancestral", i, x, denoised, run.noise(i))

@@ -35,6 +35,7 @@ class Run:
         noise_sampler: NoiseSampler | None = None,
         generator: torch.Generator | None = None,
         check_finite: bool = True,
+        k_diffusion_rng: bool = False,
     ):
         self.plan, self.solver, self.model = plan, plan.solver, model
         self.tables = plan.tables(like.device, table_dtype(like.dtype))
@@ -42,6 +43,8 @@ class Run:
         self.extra_args = extra_args or {}
         self.callback, self.noise_sampler, self.generator = callback, noise_sampler, generator
         self.check_finite = check_finite
+        # draw the random numbers k-diffusion draws but never uses, so seeded scripts keep its random stream
+        self.k_diffusion_rng = k_diffusion_rng
         self.id = new_run_id()
         # the denoised outputs of earlier steps, newest last, as many as the solver reads
         self.history: collections.deque[Tensor] = collections.deque(maxlen=max(self.solver.history, 1))
@@ -88,15 +91,7 @@ class Run:
         context = ModelCall(self.id, len(self.calls), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None)
         self.calls.append((i, label))
         with model_call(context):
-            out = unwrap_output(self.model(x, *inputs, **self.extra_args))
-        if out.shape != x.shape:
-            raise ValueError(f"{self.where(i, label)}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
-        if out.device != x.device:
-            raise ValueError(f"{self.where(i, label)}: model returned a tensor on {out.device}, expected {x.device}")
-        if not out.is_floating_point():
-            raise TypeError(f"{self.where(i, label)}: model returned dtype {out.dtype}, expected a floating-point tensor")
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
+            out = checked_output(self.model(x, *inputs, **self.extra_args), x, self.where(i, label))
         if self.check_finite:
             # one device-side reduction per call, read once after the loop: no per-step sync
             self.finite_sums.append(out.sum(dtype=torch.float32))
@@ -106,24 +101,33 @@ class Run:
         """One fused update: sum_k table[name][i, k] * inputs[k] (the row's leading len(inputs) columns)."""
         return ops.lincomb(inputs, self.tables[name][i, : len(inputs)])
 
-    def noise(self, i: int) -> Tensor:
-        """Fresh standard normal noise for step i (k-diffusion's noise_sampler(sigma, sigma_next) if given)."""
+    def noise(self, i: int, at: str | None = None) -> Tensor:
+        """Fresh standard normal noise for step i: k-diffusion's noise_sampler(sigma, sigma_next) if given, with the
+        pair `plan.noise_sigmas[at][i]` (default: schedule[i], schedule[i + 1])."""
         if self.noise_sampler is not None:
-            z = self.noise_sampler(self.schedule[i], self.schedule[i + 1])
-            if z.shape != self.shape:
-                raise ValueError(f"step {i}: noise_sampler returned shape {tuple(z.shape)}, expected {tuple(self.shape)}")
+            pair = (self.schedule[i], self.schedule[i + 1]) if at is None else self.plan.noise_sigmas[at][i]
+            z = self.noise_sampler(pair[0], pair[1])
+            if not isinstance(z, Tensor) or z.shape != self.shape:
+                raise ValueError(f"step {i}: noise_sampler returned {_describe(z)}, expected a tensor of shape "
+                                 f"{tuple(self.shape)}")
+            if z.device != self.device:
+                raise ValueError(f"step {i}: noise_sampler returned a tensor on {z.device}, expected {self.device}")
             return z.to(self.dtype)
         if self.generator is None:
             return torch.randn(self.shape, dtype=self.dtype, device=self.device)
         z = torch.randn(self.shape, dtype=self.dtype, device=self.generator.device, generator=self.generator)
         return z.to(self.device)
 
-    def report(self, i: int, x: Tensor, denoised: Tensor, sigma_hat: str = "sigma") -> None:
-        """k-diffusion's per-step callback dict."""
+    def unused_noise(self, i: int, at: str | None = None) -> None:
+        """A draw whose value k-diffusion discards (no churn, eta = 0): made only to keep its random stream."""
+        if self.k_diffusion_rng:
+            self.noise(i, at)
+
+    def report(self, i: int, x: Tensor, denoised: Tensor, sigma_hat: str = "sigma", **extra: Tensor) -> None:
+        """k-diffusion's per-step callback dict (`extra` adds or replaces entries)."""
         if self.callback is not None:
-            self.callback(
-                {"x": x, "i": i, "sigma": self.schedule[i], "sigma_hat": self.tables[sigma_hat][i], "denoised": denoised}
-            )
+            self.callback({"x": x, "i": i, "sigma": self.schedule[i], "sigma_hat": self.tables[sigma_hat][i],
+                           "denoised": denoised, **extra})
 
     def finite_flags(self) -> Tensor | None:
         """One device bool per model call so far: did it return only finite values."""
@@ -136,6 +140,22 @@ class Run:
         for ok, (i, label) in zip(flags.tolist(), self.calls):  # sync-ok: once, after the loop
             if not ok:
                 raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
+
+
+def checked_output(output: Any, x: Tensor, where: str) -> Tensor:
+    """The model's output as a tensor like x (its dtype), or an error naming the call (`where`)."""
+    out = unwrap_output(output)
+    if out.shape != x.shape:
+        raise ValueError(f"{where}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+    if out.device != x.device:
+        raise ValueError(f"{where}: model returned a tensor on {out.device}, expected {x.device}")
+    if not out.is_floating_point():
+        raise TypeError(f"{where}: model returned dtype {out.dtype}, expected a floating-point tensor")
+    return out.to(x.dtype)
+
+
+def _describe(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def check_input(x: Tensor) -> None:
@@ -157,11 +177,13 @@ def sample(
     noise_sampler: NoiseSampler | None = None,
     generator: torch.Generator | None = None,
     check_finite: bool = True,
+    k_diffusion_rng: bool = True,
 ) -> Tensor:
-    """Runs `solver` eagerly over the schedule: the loop every sample_* function shares."""
+    """Runs `solver` eagerly over the schedule: the loop every sample_* function shares. k_diffusion_rng: also make
+    the draws k-diffusion 0.1.1 makes and discards, so seeded multi-batch scripts reproduce it image for image."""
     check_input(x)
     run = Run(Plan(solver, schedule), model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
-              generator=generator, check_finite=check_finite)
+              generator=generator, check_finite=check_finite, k_diffusion_rng=k_diffusion_rng)
     x = run_steps(run, x, disable)
     run.raise_if_not_finite(run.finite_flags())
     return x
