@@ -1,7 +1,15 @@
-"""k-diffusion-compatible sampling functions (same signatures and results as k-diffusion 0.1.1), plus DDIM
-(diffusers' DDIMScheduler loop), AMED, iPNDM, shortcut and consistency sampling, all over the shared solver loop.
+"""k-diffusion-compatible sampling functions (same signatures and results as k-diffusion 0.1.1, all 13 of its
+samplers), plus DDIM (diffusers' DDIMScheduler loop), AMED, iPNDM, shortcut and consistency sampling, all over the
+shared solver loop.
 
 model(x, sigma[B], **extra_args) -> x0 estimate; x is the initial noise already scaled by sigmas[0].
+
+Random numbers: these functions draw from the global generator exactly where k-diffusion 0.1.1 does, including the
+draws whose values it never uses (Euler, Heun and DPM-2 draw churn noise on every step, churn or not; the ancestral
+and SDE samplers draw with eta = 0), so a seeded script sampling several batches reproduces k-diffusion image for
+image. `k_diffusion_rng=False` skips the unused draws (as `fd.Sampler` always does). Schedules may repeat a sigma, as
+in k-diffusion (a step of length 0); where k-diffusion's coefficients would be NaN (multistep solvers after a repeated
+sigma, a Brownian increment over an empty interval) the call raises instead.
 """
 from __future__ import annotations
 
@@ -11,7 +19,9 @@ import torch
 from torch import Tensor
 
 from . import solvers
-from .schedules import get_flow_times
+from .noise import BrownianTreeNoiseSampler
+from .schedules import get_flow_times, validate_sigmas
+from .solvers.dpm_solver import sample_dpm_adaptive
 from .solvers.run import Callback, NoiseSampler
 
 Model = Callable[..., Any]
@@ -19,40 +29,131 @@ Model = Callable[..., Any]
 
 def sample_euler(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
                  callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> Tensor:
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 k_diffusion_rng: bool = True) -> Tensor:
     """Euler, with EDM's optional churn (k-diffusion's sample_euler)."""
     solver = solvers.Euler(s_churn, s_tmin, s_tmax, s_noise)
-    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, k_diffusion_rng=k_diffusion_rng)
 
 
 def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
                            callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> Tensor:
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           k_diffusion_rng: bool = True) -> Tensor:
     """Ancestral Euler (k-diffusion's sample_euler_ancestral)."""
     solver = solvers.EulerAncestral(eta, s_noise)
-    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
 
 
 def sample_heun(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
                 callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> Tensor:
+                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                k_diffusion_rng: bool = True) -> Tensor:
     """Heun's method, EDM Algorithm 2 (k-diffusion's sample_heun)."""
     solver = solvers.Heun(s_churn, s_tmin, s_tmax, s_noise)
-    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, k_diffusion_rng=k_diffusion_rng)
 
 
 def sample_dpm_2(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
                  callback: Callback | None = None, disable: bool | None = None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> Tensor:
+                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+                 k_diffusion_rng: bool = True) -> Tensor:
     """DPM-Solver-2 with the geometric-mean midpoint (k-diffusion's sample_dpm_2)."""
     solver = solvers.DPM2(s_churn, s_tmin, s_tmax, s_noise)
-    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, k_diffusion_rng=k_diffusion_rng)
+
+
+def sample_dpm_2_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+                           callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                           k_diffusion_rng: bool = True) -> Tensor:
+    """Ancestral sampling with DPM-Solver-2 steps (k-diffusion's sample_dpm_2_ancestral)."""
+    solver = solvers.DPM2Ancestral(eta, s_noise)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
+
+
+def sample_lms(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+               callback: Callback | None = None, disable: bool | None = None, order: int = 4) -> Tensor:
+    """Linear multistep of order up to `order` (1 to 5) on dx/dsigma (k-diffusion's sample_lms); the Lagrange weights
+    are integrated on the host once per schedule."""
+    return solvers.sample(solvers.LMS(order), model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_dpm_fast(model: Model, x: Tensor, sigma_min: float, sigma_max: float, n: int,
+                    extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None,
+                    eta: float = 0.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                    k_diffusion_rng: bool = True) -> Tensor:
+    """DPM-Solver-fast: `n` model calls on a grid uniform in log sigma from sigma_max to sigma_min (k-diffusion's
+    sample_dpm_fast); the result is at sigma_min (no final denoise). Graph mode: fd.Sampler(model, "dpm_fast",
+    torch.tensor([sigma_max, sigma_min]), nfe=n)."""
+    if not sigma_min > 0 or not sigma_max > 0:
+        raise ValueError(f"sigma_min and sigma_max must be > 0, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    solver = solvers.DPMFast(n, eta, s_noise)
+    schedule = torch.stack([torch.tensor(sigma_max), torch.tensor(sigma_min)]).to(x.device)  # k-diffusion's dtype
+    return solvers.sample(solver, model, x, schedule, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
+
+
+def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+                              callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+                              s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                              k_diffusion_rng: bool = True) -> Tensor:
+    """Ancestral sampling with DPM-Solver++(2S) steps (k-diffusion's sample_dpmpp_2s_ancestral)."""
+    solver = solvers.DPMpp2SAncestral(eta, s_noise)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
+
+
+def _brownian_default(x: Tensor, sigmas: Tensor, noise_sampler: NoiseSampler | None, needed: bool) -> NoiseSampler | None:
+    """k-diffusion's default noise for its SDE samplers: a Brownian tree over the schedule's range (its seed is one
+    draw from the global generator). `needed` False (eta = 0 with k_diffusion_rng off) skips building it."""
+    validate_sigmas(sigmas)
+    if noise_sampler is not None or not needed:
+        return noise_sampler
+    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max())
+
+
+def sample_dpmpp_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+                     callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+                     s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, r: float = 1 / 2,
+                     k_diffusion_rng: bool = True) -> Tensor:
+    """Stochastic DPM-Solver++ with an intermediate point at ratio r (k-diffusion's sample_dpmpp_sde); Brownian-tree
+    noise by default (needs torchsde)."""
+    solver = solvers.DPMppSDE(eta, s_noise, r)
+    noise_sampler = _brownian_default(x, sigmas, noise_sampler, bool(eta) or k_diffusion_rng)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
 
 
 def sample_dpmpp_2m(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
                     callback: Callback | None = None, disable: bool | None = None) -> Tensor:
     """DPM-Solver++(2M) (k-diffusion's sample_dpmpp_2m)."""
     return solvers.sample(solvers.DPMpp2M(), model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_dpmpp_2m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+                        callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                        solver_type: str = "midpoint", k_diffusion_rng: bool = True) -> Tensor:
+    """DPM-Solver++(2M) SDE, 'midpoint' or 'heun' correction (k-diffusion's sample_dpmpp_2m_sde); Brownian-tree
+    noise by default (needs torchsde)."""
+    solver = solvers.DPMpp2MSDE(eta, s_noise, solver_type)
+    noise_sampler = _brownian_default(x, sigmas, noise_sampler, bool(eta) or k_diffusion_rng)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
+
+
+def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
+                        callback: Callback | None = None, disable: bool | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                        k_diffusion_rng: bool = True) -> Tensor:
+    """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde); Brownian-tree noise by default (needs torchsde)."""
+    solver = solvers.DPMpp3MSDE(eta, s_noise)
+    noise_sampler = _brownian_default(x, sigmas, noise_sampler, bool(eta) or k_diffusion_rng)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler,
+                          k_diffusion_rng=k_diffusion_rng)
 
 
 def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed.Predictor | None = None,

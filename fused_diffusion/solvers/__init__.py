@@ -1,18 +1,29 @@
 """Solver families: one coefficient table + step function each, all run by the loop in base.py."""
+import inspect
+
 from .amed import AMED
 from .base import DeviceTables, Plan, Solver
 from .consistency import Consistency
 from .ddim import DDIM, ddim_timesteps
-from .dpm2 import DPM2
-from .dpmpp import DPMpp2M
+from .dpm2 import DPM2, DPM2Ancestral
+from .dpm_solver import DPMFast, sample_dpm_adaptive
+from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp2SAncestral, DPMpp3MSDE, DPMppSDE
 from .euler import Euler, EulerAncestral
 from .heun import Heun
 from .ipndm import IPNDM
+from .lms import LMS
 from .run import Run, check_input, run_steps, sample
 from .shortcut import Shortcut
 
 SOLVERS: dict[str, type[Solver]] = {
-    cls.name: cls for cls in (Euler, EulerAncestral, Heun, DPM2, DPMpp2M, AMED, IPNDM, DDIM, Shortcut, Consistency)
+    cls.name: cls
+    for cls in (Euler, EulerAncestral, Heun, DPM2, DPM2Ancestral, LMS, DPMFast, DPMpp2SAncestral, DPMppSDE, DPMpp2M,
+                DPMpp2MSDE, DPMpp3MSDE, AMED, IPNDM, DDIM, Shortcut, Consistency)
+}
+EAGER_ONLY = {
+    "dpm_adaptive": "dpm_adaptive accepts or rejects each step from an error read on the host, so it cannot be "
+                    "captured or planned ahead; call fd.sample_dpm_adaptive (eager), or use 'dpm_fast' for a fixed "
+                    "number of model calls",
 }
 
 
@@ -22,11 +33,19 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
         if options:
             raise ValueError(f"options {sorted(options)} given with a solver instance; pass them to its constructor")
         return solver
+    if solver in EAGER_ONLY:
+        raise ValueError(EAGER_ONLY[solver])
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    return SOLVERS[solver](**options)
+    cls = SOLVERS[solver]
+    taken = list(inspect.signature(cls.__init__).parameters)[1:] if cls.__init__ is not object.__init__ else []
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise TypeError(f"solver {solver!r} takes the options {taken or 'none'}; got {unknown}")
+    return cls(**options)
 
 
-__all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPMpp2M", "DeviceTables", "Euler", "EulerAncestral", "Heun",
-           "IPNDM", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "get_solver",
-           "run_steps", "sample"]
+__all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPM2Ancestral", "DPMFast", "DPMpp2M", "DPMpp2MSDE",
+           "DPMpp2SAncestral", "DPMpp3MSDE", "DPMppSDE", "DeviceTables", "EAGER_ONLY", "Euler", "EulerAncestral", "Heun",
+           "IPNDM", "LMS", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps",
+           "get_solver", "run_steps", "sample", "sample_dpm_adaptive"]

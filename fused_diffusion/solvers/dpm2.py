@@ -1,12 +1,14 @@
 """DPM-Solver-2 in k-diffusion's sample_dpm_2 form (Lu et al. 2022, Alg. 1 with the midpoint
-sigma_mid = sqrt(sigma_hat sigma_{i+1}), i.e. r = 1/2 in log sigma)."""
+sigma_mid = sqrt(sigma_hat sigma_{i+1}), i.e. r = 1/2 in log sigma), and its ancestral variant."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .run import Run
+from .base import Solver
 from .churn import ChurnSolver
+from .euler import ancestral_sigmas
+from .run import Run
 
 
 class DPM2(ChurnSolver):
@@ -34,3 +36,44 @@ class DPM2(ChurnSolver):
         x_mid = run.lincomb("midpoint", i, x, denoised)
         denoised_mid = run.call(x_mid, i, "sigma_mid")
         return run.lincomb("dpm_2", i, x, x_mid, denoised_mid)
+
+
+class DPM2Ancestral(Solver):
+    """k-diffusion's sample_dpm_2_ancestral: a DPM-Solver-2 step (midpoint sqrt(sigma sigma_down)) down to sigma_down,
+    then noise up to sigma_next (ancestral_sigmas in euler.py). Lincombs on [x, D] and [x, x_mid, D_mid, z]. Where
+    sigma_down = 0 the step is Euler to 0 (x = D) and, as in k-diffusion, no noise is drawn."""
+
+    name = "dpm_2_ancestral"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta, self.s_noise = float(eta), float(s_noise)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:]
+        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, self.eta)
+        sigma_mid = (sigma * sigma_down).sqrt()
+        ratio = sigma_mid / sigma
+        slope = (sigma_down - sigma) / torch.where(sigma_mid > 0, sigma_mid, 1.0)  # rows with sigma_mid = 0: unused
+        return {
+            "sigma": sigma,
+            "sigma_mid": sigma_mid,
+            "midpoint": torch.stack([ratio, 1 - ratio], dim=1),
+            "dpm_2_ancestral": torch.stack([torch.ones_like(slope), slope, -slope, self.s_noise * sigma_up], dim=1),
+        }
+
+    def structure(self, host: dict[str, Tensor]) -> tuple[int, ...]:
+        return tuple((host["sigma_mid"] == 0).nonzero().flatten().tolist())  # the Euler-to-0 steps
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.plan.host["sigma_mid"][i] == 0:  # sigma_down = 0: Euler to 0 lands on D
+            return denoised
+        x_mid = run.lincomb("midpoint", i, x, denoised)
+        denoised_mid = run.call(x_mid, i, "sigma_mid")
+        if self.eta == 0:
+            run.unused_noise(i)
+            return run.lincomb("dpm_2_ancestral", i, x, x_mid, denoised_mid)
+        return run.lincomb("dpm_2_ancestral", i, x, x_mid, denoised_mid, run.noise(i))

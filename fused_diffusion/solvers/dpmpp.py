@@ -1,16 +1,42 @@
-"""DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) as k-diffusion's sample_dpmpp_2m."""
+"""DPM-Solver++ (Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models")
+in k-diffusion's forms: 2M (Algorithm 2), 2S ancestral (Algorithm 1 with r = 1/2, then ancestral noise), the
+stochastic single-step "SDE" variant, and the multistep SDE variants 2M SDE and 3M SDE. With t = -log sigma and
+h = t_{i+1} - t_i, every update is one lincomb whose inputs are x, this and earlier denoised outputs and the noise."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 from .base import Solver
+from .euler import ancestral_sigmas
 from .run import Run
 
 
+def _check_eta(eta: float) -> float:
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return float(eta)
+
+
+def _previous(values: Tensor, k: int) -> Tensor:
+    """values shifted by k steps (row i holds row i - k); the first k rows hold 1, never read."""
+    return torch.cat([values.new_ones(k), values[:-k]])
+
+
+def _unused_on_zero(table: Tensor, sigma_next: Tensor) -> Tensor:
+    """Zeroes the rows of steps to sigma = 0, which return D and never read them (so a repeated sigma just before
+    the final 0, finite in k-diffusion, is not refused for an unread NaN)."""
+    table[sigma_next == 0] = 0.0
+    return table
+
+
+def _log_step(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """h = log(sigma / sigma_next); 1 on a step to 0 (whose row is never read: that step returns D)."""
+    return torch.where(sigma_next > 0, (sigma / sigma_next.clamp_min(1e-300)).log(), 1.0)
+
+
 class DPMpp2M(Solver):
-    """With t = -log sigma, h = t_{i+1} - t_i, r = h_{i-1} / h:
-    x_{i+1} = (sigma_{i+1}/sigma_i) x - expm1(-h) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1});
+    """With r = h_{i-1} / h: x_{i+1} = (sigma_{i+1}/sigma_i) x - expm1(-h) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1});
     the first step is first order (D_{i-1} absent), the last one lands on D. One lincomb on [x, D_i, D_{i-1}]."""
 
     name = "dpmpp_2m"
@@ -20,12 +46,11 @@ class DPMpp2M(Solver):
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
         ratio = sigma_next / sigma
         weight = 1 - ratio  # = -expm1(-h)
-        h = torch.where(sigma_next > 0, (sigma / sigma_next.clamp_min(1e-300)).log(), 1.0)
-        h_last = torch.cat([h.new_ones(1), h[:-1]])  # row 0 is first order, its r is unused
-        half_inv_r = h / (2 * h_last)
-        half_inv_r[0] = 0.0
+        h = _log_step(sigma, sigma_next)
+        half_inv_r = h / (2 * _previous(h, 1))
+        half_inv_r[0] = 0.0  # first order
         coeffs = torch.stack([ratio, weight * (1 + half_inv_r), -weight * half_inv_r], dim=1)
-        return {"sigma": sigma, "dpmpp_2m": coeffs}
+        return {"sigma": sigma, "dpmpp_2m": _unused_on_zero(coeffs, sigma_next)}
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")
@@ -36,5 +61,207 @@ class DPMpp2M(Solver):
             x = run.lincomb("dpmpp_2m", i, x, denoised)
         else:
             x = run.lincomb("dpmpp_2m", i, x, denoised, run.history[-1])
+        run.history.append(denoised)
+        return x
+
+
+class DPMpp2SAncestral(Solver):
+    """k-diffusion's sample_dpmpp_2s_ancestral: a DPM-Solver++(2S) step to sigma_down (midpoint
+    sigma_mid = sqrt(sigma sigma_down)), x_mid = (sigma_mid/sigma) x + (1 - sigma_mid/sigma) D, then
+    x = (sigma_down/sigma) x + (1 - sigma_down/sigma) D_mid + s_noise sigma_up z. Where sigma_down = 0 the step is
+    Euler to 0, x = D (+ s_noise sigma_up z unless sigma_next = 0), as k-diffusion."""
+
+    name = "dpmpp_2s_ancestral"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta, self.s_noise = _check_eta(eta), float(s_noise)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:]
+        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, self.eta)
+        sigma_mid = (sigma * sigma_down).sqrt()
+        noise = self.s_noise * sigma_up
+        return {
+            "sigma": sigma,
+            "sigma_mid": sigma_mid,
+            "midpoint": torch.stack([sigma_mid / sigma, 1 - sigma_mid / sigma], dim=1),
+            "update": torch.stack([sigma_down / sigma, 1 - sigma_down / sigma, noise], dim=1),
+            "to_zero": torch.stack([torch.ones_like(noise), noise], dim=1),
+        }
+
+    def structure(self, host: dict[str, Tensor]) -> tuple[int, ...]:
+        return tuple((host["sigma_mid"] == 0).nonzero().flatten().tolist())  # the Euler-to-0 steps
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.plan.host["sigma_mid"][i] == 0:  # sigma_down = 0: Euler to 0 lands on D
+            if run.lands_on_zero(i):
+                return denoised
+            return run.lincomb("to_zero", i, denoised, run.noise(i))
+        x_mid = run.lincomb("midpoint", i, x, denoised)
+        denoised_mid = run.call(x_mid, i, "sigma_mid")
+        if self.eta == 0:
+            run.unused_noise(i)
+            return run.lincomb("update", i, x, denoised_mid)
+        return run.lincomb("update", i, x, denoised_mid, run.noise(i))
+
+
+class DPMppSDE(Solver):
+    """k-diffusion's sample_dpmpp_sde: a stochastic DPM-Solver++ step with an intermediate point at
+    sigma_s = sigma^(1-r) sigma_next^r. Stage 1 goes ancestrally from sigma to sigma_s on [x, D, z1]; stage 2 from
+    sigma to sigma_next on [x, D, D_s, z2], with D_d = (1 - 1/(2r)) D + 1/(2r) D_s. The step to 0 is x = D.
+    Each stage draws its own noise, noise_sampler(sigma, sigma_s) and noise_sampler(sigma, sigma_next)."""
+
+    name = "dpmpp_sde"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
+        if not 0 < r <= 1:
+            raise ValueError(f"r must be in (0, 1], got {r}")
+        self.eta, self.s_noise, self.r = _check_eta(eta), float(s_noise), float(r)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        # in t = -log sigma as k-diffusion, so a repeated sigma gives sigma_s = sigma exactly (h = 0)
+        t, t_next = sigmas[:-1].log().neg(), sigmas[1:].log().neg()
+        s = t + (t_next - t) * self.r
+        sigma, sigma_s, sigma_next = t.neg().exp(), s.neg().exp(), t_next.neg().exp()
+        fac = 1 / (2 * self.r)
+        down_1, up_1 = ancestral_sigmas(sigma, sigma_s, self.eta)
+        down_2, up_2 = ancestral_sigmas(sigma, sigma_next, self.eta)
+        keep_1, keep_2 = -torch.expm1(down_1.log() - sigma.log()), -torch.expm1(down_2.log() - sigma.log())
+        stage_1 = torch.stack([down_1 / sigma, keep_1, self.s_noise * up_1], dim=1)
+        stage_2 = torch.stack([down_2 / sigma, keep_2 * (1 - fac), keep_2 * fac, self.s_noise * up_2], dim=1)
+        return {
+            "sigma": sigmas[:-1],
+            "sigma_s": sigma_s,
+            "stage_1": _unused_on_zero(stage_1, sigmas[1:]),
+            "stage_2": _unused_on_zero(stage_2, sigmas[1:]),
+        }
+
+    def noise_sigmas(self, schedule: Tensor) -> dict[str, Tensor]:
+        """(sigma_fn(t), sigma_fn(s)) and (sigma_fn(t), sigma_fn(t_next)) as k-diffusion computes them, one scalar
+        at a time in the schedule's dtype (vectorised kernels may round differently)."""
+        stage_1, stage_2 = [], []
+        for i in range(len(schedule) - 1):
+            t, t_next = schedule[i].log().neg(), schedule[i + 1].log().neg()
+            s = t + (t_next - t) * self.r
+            stage_1.append(torch.stack([t.neg().exp(), s.neg().exp()]))
+            stage_2.append(torch.stack([t.neg().exp(), t_next.neg().exp()]))
+        return {"stage_1": torch.stack(stage_1), "stage_2": torch.stack(stage_2)}
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.lands_on_zero(i):
+            return denoised
+        if self.eta == 0:
+            run.unused_noise(i, "stage_1")
+            x_s = run.lincomb("stage_1", i, x, denoised)
+        else:
+            x_s = run.lincomb("stage_1", i, x, denoised, run.noise(i, "stage_1"))
+        denoised_s = run.call(x_s, i, "sigma_s")
+        if self.eta == 0:
+            run.unused_noise(i, "stage_2")
+            return run.lincomb("stage_2", i, x, denoised, denoised_s)
+        return run.lincomb("stage_2", i, x, denoised, denoised_s, run.noise(i, "stage_2"))
+
+
+class DPMpp2MSDE(Solver):
+    """k-diffusion's sample_dpmpp_2m_sde (the SDE form of DPM-Solver++(2M), Lu et al. 2022b sec. 5): with
+    eta_h = eta h, x = (sigma_next/sigma) e^(-eta_h) x + (1 - e^(-h - eta_h)) D + c (D - D_prev)
+    + s_noise sigma_next sqrt(1 - e^(-2 eta_h)) z, where r = h_prev / h and c = (1 - e^(-h - eta_h)) / (2r) for the
+    midpoint variant, ((1 - e^(-h - eta_h)) / (-h - eta_h) + 1) / r for heun; the first step has no correction, the
+    step to 0 is x = D. One lincomb on [x, D, D_prev, z]."""
+
+    name = "dpmpp_2m_sde"
+    history = 1
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint"):
+        if solver_type not in {"midpoint", "heun"}:
+            raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        self.eta, self.s_noise, self.solver_type = _check_eta(eta), float(s_noise), solver_type
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:]
+        h = _log_step(sigma, sigma_next)
+        eta_h = self.eta * h
+        weight = -torch.expm1(-h - eta_h)
+        inv_r = h / _previous(h, 1)
+        if self.solver_type == "midpoint":
+            correction = 0.5 * weight * inv_r
+        else:
+            correction = (weight / (-h - eta_h) + 1) * inv_r
+        correction[0] = 0.0  # row 0 is never read ("first_step" is)
+        noise = self.s_noise * sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()
+        decay = sigma_next / sigma * torch.exp(-eta_h)
+        return {
+            "sigma": sigma,
+            "update": _unused_on_zero(torch.stack([decay, weight + correction, -correction, noise], dim=1), sigma_next),
+            "first_step": torch.stack([decay, weight, noise], dim=1)[:1],  # step 0, which has no D_prev
+        }
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.lands_on_zero(i):
+            x = denoised
+        else:
+            table, inputs = ("first_step", [x, denoised]) if i == 0 else ("update", [x, denoised, run.history[-1]])
+            noise = [run.noise(i)] if self.eta else []
+            x = run.lincomb(table, i, *inputs, *noise)
+        run.history.append(denoised)
+        return x
+
+
+class DPMpp3MSDE(Solver):
+    """k-diffusion's sample_dpmpp_3m_sde: with h_eta = (1 + eta) h,
+    x = e^(-h_eta) x + (1 - e^(-h_eta)) D + phi_2 d1 - phi_3 d2 + s_noise sigma_next sqrt(1 - e^(-2 eta h)) z, where
+    phi_2 = expm1(-h_eta)/h_eta + 1, phi_3 = phi_2/h_eta - 1/2 and d1, d2 are the first and second divided differences
+    of D over the last three steps (r0 = h_1/h, r1 = h_2/h); the second step uses phi_2 (D - D_1)/r0 only, the first
+    none, the step to 0 is x = D. One lincomb on [x, D, D_1, D_2, z] (as many D as the step has)."""
+
+    name = "dpmpp_3m_sde"
+    history = 2
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta, self.s_noise = _check_eta(eta), float(s_noise)
+
+    def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
+        sigma, sigma_next = sigmas[:-1], sigmas[1:]
+        h = _log_step(sigma, sigma_next)
+        h_eta = h * (self.eta + 1)
+        phi_2 = torch.expm1(-h_eta) / h_eta + 1
+        phi_3 = phi_2 / h_eta - 0.5
+        r0, r1 = _previous(h, 1) / h, _previous(h, 2) / h
+        zero = torch.zeros_like(h)
+        # divided differences as weights on (D, D_1, D_2)
+        d1_0 = torch.stack([1 / r0, -1 / r0, zero], dim=1)
+        d1_1 = torch.stack([zero, 1 / r1, -1 / r1], dim=1)
+        d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))[:, None]
+        d2 = (d1_0 - d1_1) / (r0 + r1)[:, None]
+        first = torch.stack([-torch.expm1(-h_eta), zero, zero], dim=1)
+        decay = torch.exp(-h_eta)[:, None]
+        noise = (self.s_noise * sigma_next * (-torch.expm1(-2 * h * self.eta)).sqrt())[:, None]
+        denoised_weights = {
+            1: first,  # step 0
+            2: first + phi_2[:, None] * d1_0,  # step 1
+            3: first + phi_2[:, None] * d1 - phi_3[:, None] * d2,  # later steps
+        }
+        tables = {"sigma": sigma}
+        for k, weights in denoised_weights.items():
+            read = torch.arange(len(h)) >= k - 1 if k == 3 else torch.arange(len(h)) == k - 1
+            row = torch.where(read[:, None], torch.cat([decay, weights[:, :k], noise], dim=1), 0.0)  # 0: never read
+            tables[f"update_{k}"] = _unused_on_zero(row, sigma_next)
+        return tables
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.lands_on_zero(i):
+            x = denoised
+        else:
+            earlier = list(run.history)[::-1][: min(i, 2)]  # D_1, D_2 as far as they exist
+            noise = [run.noise(i)] if self.eta else []
+            x = run.lincomb(f"update_{len(earlier) + 1}", i, x, denoised, *earlier, *noise)
         run.history.append(denoised)
         return x

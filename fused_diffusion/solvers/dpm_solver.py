@@ -1,0 +1,280 @@
+"""DPM-Solver (Lu et al. 2022, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around
+10 Steps") in k-diffusion's form, with t = -log sigma and eps = (x - D) / sigma: the DPM-Solver-1, -2 and -3 steps
+(eqs. 3.7-3.9, Algorithms 4 and 5), DPM-Solver-fast (fixed steps, sec. 3.4 "DPM-Solver-fast") and the adaptive
+DPM-Solver-12/23 (sec. 3.4 "adaptive step size", with k-diffusion's PID step-size controller).
+
+k-diffusion builds the time grid from Python floats, so its step coefficients are float32 arithmetic whatever x's
+dtype; they are repeated here operation by operation in the grid's dtype, then turned into float64 lincomb rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import ops
+from .base import Solver
+from .euler import ancestral_sigmas
+from .run import Callback, NoiseSampler, Run, check_input, checked_output
+
+
+def _sigma(t: Tensor) -> Tensor:
+    return t.neg().exp()
+
+
+def _time(sigma: Tensor) -> Tensor:
+    return sigma.log().neg()
+
+
+@dataclass
+class DPMSolverStep:
+    """One DPM-Solver-k step from t to t_next as lincomb rows: the model's sigmas (at t, then at s1, s2), the
+    intermediate points (u1 on [x, D]; u2 on [x, D, u1, D1]) and the result (on [x, D], or [x, D, u, D_u] with u the
+    last intermediate point)."""
+
+    sigmas: list[float]
+    stages: list[list[float]]
+    final: list[float]
+
+
+def _eps_update(c: Tensor, b: Tensor | None, sigma_t: float, sigma_stage: float | None) -> list[float]:
+    """x - c eps - b (eps_stage - eps) with eps = (x - D) / sigma_t, eps_stage = (u - D_u) / sigma_stage, as weights
+    on [x, D] (b None) or [x, D, u, D_u]."""
+    c_total = float(c) - (float(b) if b is not None else 0.0)
+    weights = [1 - c_total / sigma_t, c_total / sigma_t]
+    if b is not None:
+        weights += [-float(b) / sigma_stage, float(b) / sigma_stage]
+    return weights
+
+
+def dpm_solver_step(order: int, t: Tensor, t_next: Tensor, r1: float | None = None, r2: float = 2 / 3) -> DPMSolverStep:
+    """k-diffusion's DPMSolver.dpm_solver_{1,2,3}_step coefficients; r1 defaults to 1/2 for the second order step and
+    1/3 for the third."""
+    r1 = r1 if r1 is not None else 1 / 2 if order == 2 else 1 / 3
+    h = t_next - t
+    sigma_t = float(_sigma(t))
+    if order == 1:
+        return DPMSolverStep([sigma_t], [], _eps_update(_sigma(t_next) * h.expm1(), None, sigma_t, None))
+    s1 = t + r1 * h
+    sigma_s1 = float(_sigma(s1))
+    u1 = _eps_update(_sigma(s1) * (r1 * h).expm1(), None, sigma_t, None)
+    if order == 2:
+        final = _eps_update(_sigma(t_next) * h.expm1(), _sigma(t_next) / (2 * r1) * h.expm1(), sigma_t, sigma_s1)
+        return DPMSolverStep([sigma_t, sigma_s1], [u1], final)
+    s2 = t + r2 * h
+    sigma_s2 = float(_sigma(s2))
+    u2 = _eps_update(_sigma(s2) * (r2 * h).expm1(), _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1),
+                     sigma_t, sigma_s1)
+    final = _eps_update(_sigma(t_next) * h.expm1(), _sigma(t_next) / r2 * (h.expm1() / h - 1), sigma_t, sigma_s2)
+    return DPMSolverStep([sigma_t, sigma_s1, sigma_s2], [u1, u2], final)
+
+
+def ancestral_times(t: Tensor, t_next: Tensor, t_end: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
+    """(t_next_, sigma_up): the deterministic step's end and the noise added after it (k-diffusion's eta handling in
+    dpm_solver_fast and dpm_solver_adaptive)."""
+    if not eta:
+        return t_next, 0.0
+    sigma_down, _ = ancestral_sigmas(_sigma(t), _sigma(t_next), eta)
+    t_next_ = torch.minimum(t_end, _time(sigma_down))
+    return t_next_, (_sigma(t_next) ** 2 - _sigma(t_next_) ** 2) ** 0.5
+
+
+def fast_orders(nfe: int) -> list[int]:
+    """DPM-Solver-fast's orders for `nfe` model calls: third order steps, then 2, 1 or a shorter last step."""
+    m = nfe // 3 + 1
+    return [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
+
+
+class DPMFast(Solver):
+    """DPM-Solver-fast (k-diffusion's sample_dpm_fast): `nfe` model calls over a grid uniform in t = -log sigma from
+    sigma_max to sigma_min, with third order steps and a 2/1 or shorter last step; eta > 0 adds ancestral noise after
+    each step. The schedule is the pair [sigma_max, sigma_min]; the result stays at sigma_min (no final denoise).
+    Each stage is one lincomb; the result's takes the noise as its last input."""
+
+    name = "dpm_fast"
+
+    def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
+        if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+            raise ValueError(f"dpm_fast needs nfe, the number of model calls, an integer >= 1; got {nfe!r}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.nfe, self.eta, self.s_noise = nfe, float(eta), float(s_noise)
+        self.orders = fast_orders(nfe)
+
+    def check_schedule(self, schedule: Tensor) -> None:
+        check_sigma_range(schedule)
+
+    def num_steps(self, schedule: Tensor) -> int:
+        return len(self.orders)
+
+    def ends_at_zero(self, schedule: Tensor) -> bool:
+        return False
+
+    def host_schedule(self, schedule: Tensor) -> Tensor:
+        return schedule.detach().cpu()  # sync-ok: once per schedule; keeps k-diffusion's float32 grid arithmetic
+
+    def times(self, schedule: Tensor) -> tuple[Tensor, Tensor]:
+        """(t grid, t_end) exactly as k-diffusion builds them, on the schedule's device."""
+        t_start, t_end = _time(schedule[0]), _time(schedule[1])
+        return torch.linspace(t_start, t_end, len(self.orders) + 1, dtype=schedule.dtype, device=schedule.device), t_end
+
+    def tables(self, schedule: Tensor) -> dict[str, Tensor]:
+        ts, t_end = self.times(schedule)
+        n = len(self.orders)
+        shapes = {"t": (), "sigma": (), "sigma_s1": (), "sigma_s2": (), "u1": (2,), "u2": (4,), "final_1": (3,),
+                  "final": (5,)}  # rows a step does not read stay 0
+        tables = {name: torch.zeros(n, *shape, dtype=torch.float64) for name, shape in shapes.items()}
+        for i, order in enumerate(self.orders):
+            t_next_, sigma_up = ancestral_times(ts[i], ts[i + 1], t_end, self.eta)
+            step = dpm_solver_step(order, ts[i], t_next_)
+            tables["t"][i] = float(ts[i])
+            for name, value in zip(("sigma", "sigma_s1", "sigma_s2"), step.sigmas):
+                tables[name][i] = value
+            for name, row in zip(("u1", "u2"), step.stages):
+                tables[name][i] = torch.tensor(row, dtype=torch.float64)
+            tables["final_1" if order == 1 else "final"][i] = torch.tensor(
+                [*step.final, float(sigma_up * self.s_noise)], dtype=torch.float64)
+        return tables
+
+    def noise_sigmas(self, schedule: Tensor) -> dict[str, Tensor]:
+        ts, _ = self.times(schedule)
+        return {"sigma": torch.stack([torch.stack([_sigma(ts[i]), _sigma(ts[i + 1])]) for i in range(len(ts) - 1)])}
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        order = self.orders[i]
+        denoised = run.call(x, i, "sigma")
+        t = run.tables["t"][i]
+        run.report(i, x, denoised, sigma=run.tables["sigma"][i], t=t, t_up=t)
+        if order == 1:
+            table, inputs = "final_1", [x, denoised]
+        else:
+            u = run.lincomb("u1", i, x, denoised)
+            denoised_u = run.call(u, i, "sigma_s1")
+            if order == 3:
+                u = run.lincomb("u2", i, x, denoised, u, denoised_u)
+                denoised_u = run.call(u, i, "sigma_s2")
+            table, inputs = "final", [x, denoised, u, denoised_u]
+        if self.eta:
+            return run.lincomb(table, i, *inputs, run.noise(i, "sigma"))
+        run.unused_noise(i, "sigma")
+        return run.lincomb(table, i, *inputs)
+
+
+def check_sigma_range(schedule: Tensor) -> None:
+    """DPM-Solver-fast's schedule: [sigma_max, sigma_min], both finite and > 0, sigma_max > sigma_min."""
+    if not isinstance(schedule, Tensor) or schedule.shape != (2,) or not schedule.is_floating_point():
+        raise ValueError(f"the schedule of dpm_fast is the pair [sigma_max, sigma_min], a float tensor of shape (2,); "
+                         f"got {getattr(schedule, 'shape', type(schedule).__name__)}")
+    sigma_max, sigma_min = schedule.tolist()  # sync-ok: once per schedule
+    if not (math.isfinite(sigma_max) and 0 < sigma_min < sigma_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+class PIDStepSizeController:
+    """k-diffusion's PID controller for the adaptive step size (Söderlind 2003): factor = limiter(prod of the last
+    three inverse errors to the PID exponents); a step is accepted when the factor reaches `accept_safety`."""
+
+    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float = 1,
+                 accept_safety: float = 0.81, eps: float = 1e-8):
+        self.h = h
+        self.b1 = (pcoeff + icoeff + dcoeff) / order
+        self.b2 = -(pcoeff + 2 * dcoeff) / order
+        self.b3 = dcoeff / order
+        self.accept_safety, self.eps = accept_safety, eps
+        self.errs: list[float] = []
+
+    @staticmethod
+    def limiter(x: float) -> float:
+        return 1 + math.atan(x - 1)
+
+    def propose_step(self, error: float) -> bool:
+        inv_error = 1 / (float(error) + self.eps)
+        if not self.errs:
+            self.errs = [inv_error, inv_error, inv_error]
+        self.errs[0] = inv_error
+        factor = self.limiter(self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs[2], self.errs[1] = self.errs[1], self.errs[0]
+        self.h *= factor
+        return accept
+
+
+@torch.no_grad()
+def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, sigma_max: float,
+                        extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None,
+                        order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                        pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81,
+                        eta: float = 0.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+                        return_info: bool = False, k_diffusion_rng: bool = True) -> Tensor | tuple[Tensor, dict]:
+    """DPM-Solver-12 (order=2) and -23 (order=3) with adaptive steps (k-diffusion's sample_dpm_adaptive): each
+    attempt computes a low and a high order solution from sigma to the proposed step end, the scaled error between
+    them (atol, rtol) drives the PID controller, which accepts or shrinks the step. Every accept/reject needs the
+    error on the host, so this sampler runs eagerly only (one host sync per attempt), never in a CUDA graph.
+    return_info: also return {'steps', 'nfe', 'n_accept', 'n_reject'}."""
+    check_input(x)
+    if order not in {2, 3}:
+        raise ValueError(f"order must be 2 or 3, got {order!r}")
+    check_sigma_range(torch.tensor([float(sigma_max), float(sigma_min)]))
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    extra_args = extra_args or {}
+    t_start, t_end = _time(torch.tensor(sigma_max)), _time(torch.tensor(sigma_min))
+    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+    pid = PIDStepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
+    s, x_prev = t_start, x
+
+    def denoise(u: Tensor, sigma: float) -> Tensor:
+        where = f"dpm_adaptive attempt {info['steps']} (sigma={sigma:.6g})"
+        out = checked_output(model(u, x.new_full((x.shape[0],), sigma), **extra_args), u, where)
+        pbar.update()
+        return out
+
+    def lincomb(inputs: list[Tensor], weights: list[float]) -> Tensor:
+        return ops.lincomb(inputs, torch.tensor(weights, dtype=torch.float64 if x.dtype == torch.float64
+                                                else torch.float32, device=x.device))
+
+    with tqdm(disable=disable) as pbar:
+        while s < t_end - 1e-5:
+            t = torch.minimum(t_end, s + pid.h)
+            t_, sigma_up = ancestral_times(s, t, t_end, eta)
+            high = dpm_solver_step(order, s, t_)
+            low = dpm_solver_step(order - 1, s, t_, r1=1 / 3)  # order 3: shares the high step's first stage
+            denoised = denoise(x, high.sigmas[0])
+            if order == 2:
+                x_low = lincomb([x, denoised], low.final)
+                u1 = lincomb([x, denoised], high.stages[0])
+                x_high = lincomb([x, denoised, u1, denoise(u1, high.sigmas[1])], high.final)
+            else:
+                u1 = lincomb([x, denoised], high.stages[0])
+                denoised_1 = denoise(u1, high.sigmas[1])
+                x_low = lincomb([x, denoised, u1, denoised_1], low.final)
+                u2 = lincomb([x, denoised, u1, denoised_1], high.stages[1])
+                x_high = lincomb([x, denoised, u2, denoise(u2, high.sigmas[2])], high.final)
+            delta = torch.maximum(atol_t, rtol_t * torch.maximum(x_low.abs(), x_prev.abs()))
+            error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+            if not torch.isfinite(error):  # sync-ok: the controller reads the error on the host anyway
+                raise FloatingPointError(f"dpm_adaptive: non-finite error estimate at sigma={float(_sigma(s)):.6g} "
+                                         "(the model returned NaN or inf)")
+            if pid.propose_step(error):
+                x_prev = x_low
+                if eta or k_diffusion_rng:
+                    z = noise_sampler(_sigma(s), _sigma(t)) if noise_sampler else torch.randn_like(x)
+                    x = lincomb([x_high, z], [1.0, float(sigma_up * s_noise)]) if eta else x_high
+                else:
+                    x = x_high
+                s = t
+                info["n_accept"] += 1
+            else:
+                info["n_reject"] += 1
+            info["nfe"] += order
+            info["steps"] += 1
+            if callback is not None:
+                callback({"x": x, "i": info["steps"] - 1, "t": s, "t_up": s, "denoised": denoised, "error": error,
+                          "h": pid.h, **info, "sigma": _sigma(s), "sigma_hat": _sigma(s)})
+    return (x, info) if return_info else x
