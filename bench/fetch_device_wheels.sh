@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run HERE (not on the device) before a GPU session's runs: fetches the wheels the device image lacks into .whl/
 # (ignored by git), for its Python 3.12. The device has torch, triton, matplotlib, nvidia-ml-py, scipy, pytest,
-# huggingface_hub and safetensors already; diffusers (pure Python) and importlib_metadata are missing.
+# huggingface_hub and safetensors already; diffusers, importlib_metadata and torchsde (with trampoline), all pure
+# Python, are missing.
 # Then every device run names ".whl" in carry; bench/gpu_check.sh installs them into /tmp/site first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0
+  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 \
+  torchsde==0.2.6 trampoline==0.1.2
 ls -la .whl

@@ -47,7 +47,8 @@ loop() {
 case $stage in
   test|all)
     FUSED_DIFFUSION_REQUIRE_EXT=1 python3 -m pytest -q -m gpu -p no:cacheprovider
-    python3 -m pytest -q -x -p no:cacheprovider tests/test_solvers.py tests/test_ipndm.py tests/test_amed.py tests/test_graph.py tests/test_models.py
+    python3 -m pytest -q -x -p no:cacheprovider tests/test_solvers.py tests/test_k_diffusion_samplers.py \
+      tests/test_ipndm.py tests/test_amed.py tests/test_graph.py tests/test_models.py
     ;;&
   ops|all)
     python3 bench/bench_ops.py

@@ -26,6 +26,12 @@ class Sampler:
     replay. CPU tensors, cuda_graph=False, callbacks or a generator on another device run the same solver code
     eagerly.
 
+    Noise: stochastic solvers (churn, ancestral, the DPM++ SDE variants, consistency) draw independent standard
+    normal noise per step from `generator` (default: the global generator), inside the graph - k-diffusion's
+    default_noise_sampler, not the Brownian tree its `sample_dpmpp_*sde` functions default to (use those functions,
+    eagerly, for Brownian-tree noise). Draws whose values a step never uses are skipped (the sample_* functions make
+    them, to keep k-diffusion's random stream).
+
     A graph is cached per (shape, dtype, device, solver, number of steps, model, the structure of every module the
     loop calls, extra-argument signature): a patched forward, an added or removed hook, or a feature whose
     `graph_key()` changed captures anew; in-place weight edits or replaced weights recapture. A new schedule of the
