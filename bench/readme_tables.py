@@ -72,7 +72,37 @@ def quality_table() -> str:
             + pivot([r for r in rows if r["calls"] != "0"], "solver", "calls", "fd", labels, corner="solver \\ calls"))
 
 
-TABLES: dict[str, Callable[[], str]] = {"quality": quality_table}
+def samplers_table() -> str:
+    """FD of the digits model for k-diffusion's samplers, from bench_samplers.py quality."""
+    rows = read_csv(RESULTS / "samplers_digits_cpu.csv")
+    fixed = [r for r in rows if not r["sampler"].startswith("dpm_adaptive")]
+    adaptive = "; ".join(f"{r['sampler'].removeprefix('dpm_adaptive ')}: {r['calls']} calls, FD "
+                         f"{significant(float(r['fd']))}" for r in rows if r["sampler"].startswith("dpm_adaptive"))
+    first = rows[0]
+    return (f"FD of {first['samples']} digits samples against model calls for each k-diffusion sampler (the most calls "
+            f"within each budget on a Karras schedule to 0; dpm_fast exactly the budget; stochastic samplers with their "
+            f"default noise, seed 0; the best of each column in bold). dpm_adaptive picks its own steps ({adaptive}). "
+            f"{first['machine']}, {first['threads']} threads, torch {first['torch']}, {first['date']}: "
+            f"`{first['command']}`.\n\n"
+            + pivot(fixed, "sampler", "budget", "fd", corner="sampler \\ calls"))
+
+
+def samplers_overhead_table() -> str:
+    """The solver's own time, fused against k-diffusion's ops, from bench_samplers.py overhead."""
+    rows = read_csv(RESULTS / "samplers_overhead_cpu.csv")
+    first = rows[0]
+    lines = ["| sampler | k-diffusion's ops, ms | fd, ms | speed-up | fd launches |", "|---|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['k_diffusion_ms']} | {r['fd_ms']} | {r['speedup']}× | {r['fd_launches']} |"
+              for r in rows]
+    return (f"{first['steps']} steps on x of shape {first['shape']} (float32) with a model that is one multiply, so the "
+            f"time is the solver's; fd on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
+            f"(tests/reference_samplers.py), the same inputs, the best of 5 runs each. {first['machine']}, "
+            f"{first['threads']} threads, torch {first['torch']}, {first['date']}: `{first['command']}`.\n\n"
+            + "\n".join(lines))
+
+
+TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": samplers_table,
+                                        "samplers_overhead": samplers_overhead_table}
 
 
 def main() -> None:

@@ -56,6 +56,20 @@ def backend(request: pytest.FixtureRequest):
         yield name, device
 
 
+@pytest.fixture(scope="module")
+def gmm():
+    """The solver tests' analytic Gaussian mixture: 3 components in 4 dimensions."""
+    from fused_diffusion import GaussianMixture
+
+    return GaussianMixture.random(3, 4, seed=0, spread=1.0)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    """Initial noise for `gmm` at sigma_max = 20, float64."""
+    return torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 20.0
+
+
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param

@@ -1,8 +1,6 @@
 """iPNDM (Zhang & Chen 2023) and the AMED-Plugin on it (Zhou et al. 2024) against the independent restatement of
 the AMED code's ipndm_sampler (reference_samplers.ipndm), its launches and model calls, its measured convergence
 order on the analytic Gaussian mixture, and the engine (fd.Sampler, eager on CPU, one CUDA graph on a GPU)."""
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -11,28 +9,9 @@ import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 
 import reference_samplers as ref
+from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
-SIGMA_MAX, SIGMA_MIN = 20.0, 0.01
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(scope="module")
-def gmm():
-    return fd.GaussianMixture.random(3, 4, seed=0, spread=1.0)
-
-
-def on(gmm, device):
-    """The mixture on `device` without moving the shared fixture (nn.Module.to works in place)."""
-    return gmm if gmm.means.device == torch.device(device) else copy.deepcopy(gmm).to(device)
-
-
-@pytest.fixture(scope="module")
-def noise():
-    return torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * SIGMA_MAX
 
 
 def sigmas(n, end="zero", dtype=torch.float64):

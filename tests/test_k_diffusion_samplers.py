@@ -11,8 +11,8 @@ import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 
 import reference_samplers as ref
+from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
-SIGMA_MAX, SIGMA_MIN = 20.0, 0.01
 torchsde = pytest.importorskip("torchsde")  # the SDE samplers' default Brownian-tree noise
 
 
@@ -22,20 +22,6 @@ def _quiet_torchsde():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
         yield
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(scope="module")
-def gmm():
-    return fd.GaussianMixture.random(3, 4, seed=0, spread=1.0)
-
-
-@pytest.fixture(scope="module")
-def noise():
-    return torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * SIGMA_MAX
 
 
 def sigmas(n, dtype=torch.float64):
@@ -86,7 +72,7 @@ def same_run(first, second):
 def test_matches_k_diffusion_and_its_random_stream(backend, gmm, noise, name, ours, theirs, options, dtype, end):
     """Same result and the same draws from the global generator (the Brownian tree's seed included)."""
     _, device = backend
-    gmm = gmm.to(device)
+    gmm = on(gmm, device)
     s = sigmas(7, dtype).to(device)
     s = s[:-1] if end == "above_zero" else s
     x = noise.to(device, dtype)
@@ -297,7 +283,7 @@ def test_one_launch_per_stage_noise_included(backend, gmm, noise, sampler, optio
     is_lms = sampler is fd.sample_lms
     noise_option = {} if is_lms else dict(noise_sampler=fd.default_noise_sampler(x))
     with count_op_launches() as launches:
-        sampler(gmm.to(device), x, sigmas(n, torch.float32).to(device), disable=True, **noise_option, **options)
+        sampler(on(gmm, device), x, sigmas(n, torch.float32).to(device), disable=True, **noise_option, **options)
     last = launches_per_step if is_lms else 0
     assert launches.count == (n - 1) * launches_per_step + last
 

@@ -7,22 +7,8 @@ import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 
 import reference_samplers as ref
+from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
-SIGMA_MAX, SIGMA_MIN = 20.0, 0.01
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(scope="module")
-def gmm():
-    return fd.GaussianMixture.random(3, 4, seed=0, spread=1.0)
-
-
-@pytest.fixture(scope="module")
-def noise():
-    return torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * SIGMA_MAX
 
 
 def sigmas(n, dtype=torch.float64):
@@ -59,7 +45,7 @@ def test_matches_independent_formula(backend, gmm, noise, name, ours, theirs, op
     """`backend` (conftest) forces each op backend in turn: the whole solver suite runs on each. Schedules end at 0
     (the last step denoises) or above 0 (every step a regular one, as k-diffusion)."""
     _, device = backend
-    gmm = gmm.to(device)
+    gmm = on(gmm, device)
     s = sigmas(7, dtype).to(device)
     if end == "above_zero":
         s = s[:-1]
@@ -110,7 +96,7 @@ def test_one_launch_per_stage(backend, gmm, noise, sampler, options, launches_pe
     n = 6
     _, device = backend
     with count_op_launches() as launches:
-        sampler(gmm.to(device), noise.to(device, torch.float32), sigmas(n, torch.float32).to(device), disable=True,
+        sampler(on(gmm, device), noise.to(device, torch.float32), sigmas(n, torch.float32).to(device), disable=True,
                 **options)
     churn_last = 1 if options.get("s_churn") else 0
     assert launches.count == (n - 1) * launches_per_step + churn_last

@@ -146,6 +146,13 @@ class Plan:
         return tables
 
 
+def check_eta(eta: float) -> float:
+    """The ancestral / SDE noise amount: eta >= 0 (0 is the deterministic solver)."""
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return float(eta)
+
+
 def check_tables_finite(solver: Solver, host: dict[str, Tensor], schedule: Tensor) -> None:
     """A schedule whose coefficients are NaN or inf (a repeated sigma under a multistep solver, whose step-size ratio
     becomes 0 or inf; k-diffusion returns NaN there) is refused before the loop, naming the step."""

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver
+from .base import Solver, check_eta
 from .run import Run
 
 
@@ -34,10 +34,8 @@ class DDIM(Solver):
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
                  clip_sample: bool = False, clip_sample_range: float = 1.0):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
-        self.eta, self.set_alpha_to_one = float(eta), bool(set_alpha_to_one)
+        self.eta, self.set_alpha_to_one = check_eta(eta), bool(set_alpha_to_one)
         self.clip_sample, self.clip_sample_range = bool(clip_sample), float(clip_sample_range)
 
     def graph_key(self) -> tuple:

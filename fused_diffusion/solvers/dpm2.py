@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Solver
 from .churn import ChurnSolver
-from .euler import ancestral_sigmas
+from .euler import Ancestral, ancestral_sigmas
 from .run import Run
 
 
@@ -38,17 +37,12 @@ class DPM2(ChurnSolver):
         return run.lincomb("dpm_2", i, x, x_mid, denoised_mid)
 
 
-class DPM2Ancestral(Solver):
+class DPM2Ancestral(Ancestral):
     """k-diffusion's sample_dpm_2_ancestral: a DPM-Solver-2 step (midpoint sqrt(sigma sigma_down)) down to sigma_down,
     then noise up to sigma_next (ancestral_sigmas in euler.py). Lincombs on [x, D] and [x, x_mid, D_mid, z]. Where
     sigma_down = 0 the step is Euler to 0 (x = D) and, as in k-diffusion, no noise is drawn."""
 
     name = "dpm_2_ancestral"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.eta, self.s_noise = float(eta), float(s_noise)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -73,7 +67,4 @@ class DPM2Ancestral(Solver):
             return denoised
         x_mid = run.lincomb("midpoint", i, x, denoised)
         denoised_mid = run.call(x_mid, i, "sigma_mid")
-        if self.eta == 0:
-            run.unused_noise(i)
-            return run.lincomb("dpm_2_ancestral", i, x, x_mid, denoised_mid)
-        return run.lincomb("dpm_2_ancestral", i, x, x_mid, denoised_mid, run.noise(i))
+        return run.noisy_lincomb("dpm_2_ancestral", i, x, x_mid, denoised_mid, noise=self.eta > 0)

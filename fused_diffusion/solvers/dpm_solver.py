@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import ops
-from .base import Solver
+from .base import Solver, check_eta
 from .euler import ancestral_sigmas
 from .run import Callback, NoiseSampler, Run, check_input, checked_output
 
@@ -100,9 +100,7 @@ class DPMFast(Solver):
     def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"dpm_fast needs nfe, the number of model calls, an integer >= 1; got {nfe!r}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.nfe, self.eta, self.s_noise = nfe, float(eta), float(s_noise)
+        self.nfe, self.eta, self.s_noise = nfe, check_eta(eta), float(s_noise)
         self.orders = fast_orders(nfe)
 
     def check_schedule(self, schedule: Tensor) -> None:
@@ -158,10 +156,7 @@ class DPMFast(Solver):
                 u = run.lincomb("u2", i, x, denoised, u, denoised_u)
                 denoised_u = run.call(u, i, "sigma_s2")
             table, inputs = "final", [x, denoised, u, denoised_u]
-        if self.eta:
-            return run.lincomb(table, i, *inputs, run.noise(i, "sigma"))
-        run.unused_noise(i, "sigma")
-        return run.lincomb(table, i, *inputs)
+        return run.noisy_lincomb(table, i, *inputs, noise=self.eta > 0, at="sigma")
 
 
 def check_sigma_range(schedule: Tensor) -> None:
@@ -220,8 +215,7 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
     if order not in {2, 3}:
         raise ValueError(f"order must be 2 or 3, got {order!r}")
     check_sigma_range(torch.tensor([float(sigma_max), float(sigma_min)]))
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = check_eta(eta)
     extra_args = extra_args or {}
     t_start, t_end = _time(torch.tensor(sigma_max)), _time(torch.tensor(sigma_min))
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)

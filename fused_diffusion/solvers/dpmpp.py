@@ -7,15 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Solver
-from .euler import ancestral_sigmas
+from .base import Solver, check_eta
+from .euler import Ancestral, ancestral_sigmas
 from .run import Run
-
-
-def _check_eta(eta: float) -> float:
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    return float(eta)
 
 
 def _previous(values: Tensor, k: int) -> Tensor:
@@ -65,16 +59,13 @@ class DPMpp2M(Solver):
         return x
 
 
-class DPMpp2SAncestral(Solver):
+class DPMpp2SAncestral(Ancestral):
     """k-diffusion's sample_dpmpp_2s_ancestral: a DPM-Solver++(2S) step to sigma_down (midpoint
     sigma_mid = sqrt(sigma sigma_down)), x_mid = (sigma_mid/sigma) x + (1 - sigma_mid/sigma) D, then
     x = (sigma_down/sigma) x + (1 - sigma_down/sigma) D_mid + s_noise sigma_up z. Where sigma_down = 0 the step is
     Euler to 0, x = D (+ s_noise sigma_up z unless sigma_next = 0), as k-diffusion."""
 
     name = "dpmpp_2s_ancestral"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta(eta), float(s_noise)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -101,10 +92,7 @@ class DPMpp2SAncestral(Solver):
             return run.lincomb("to_zero", i, denoised, run.noise(i))
         x_mid = run.lincomb("midpoint", i, x, denoised)
         denoised_mid = run.call(x_mid, i, "sigma_mid")
-        if self.eta == 0:
-            run.unused_noise(i)
-            return run.lincomb("update", i, x, denoised_mid)
-        return run.lincomb("update", i, x, denoised_mid, run.noise(i))
+        return run.noisy_lincomb("update", i, x, denoised_mid, noise=self.eta > 0)
 
 
 class DPMppSDE(Solver):
@@ -118,7 +106,7 @@ class DPMppSDE(Solver):
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         if not 0 < r <= 1:
             raise ValueError(f"r must be in (0, 1], got {r}")
-        self.eta, self.s_noise, self.r = _check_eta(eta), float(s_noise), float(r)
+        self.eta, self.s_noise, self.r = check_eta(eta), float(s_noise), float(r)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         # in t = -log sigma as k-diffusion, so a repeated sigma gives sigma_s = sigma exactly (h = 0)
@@ -154,19 +142,46 @@ class DPMppSDE(Solver):
         run.report(i, x, denoised)
         if run.lands_on_zero(i):
             return denoised
-        if self.eta == 0:
-            run.unused_noise(i, "stage_1")
-            x_s = run.lincomb("stage_1", i, x, denoised)
-        else:
-            x_s = run.lincomb("stage_1", i, x, denoised, run.noise(i, "stage_1"))
+        x_s = run.noisy_lincomb("stage_1", i, x, denoised, noise=self.eta > 0, at="stage_1")
         denoised_s = run.call(x_s, i, "sigma_s")
-        if self.eta == 0:
-            run.unused_noise(i, "stage_2")
-            return run.lincomb("stage_2", i, x, denoised, denoised_s)
-        return run.lincomb("stage_2", i, x, denoised, denoised_s, run.noise(i, "stage_2"))
+        return run.noisy_lincomb("stage_2", i, x, denoised, denoised_s, noise=self.eta > 0, at="stage_2")
 
 
-class DPMpp2MSDE(Solver):
+class MultistepSDE(Solver):
+    """The step shared by the multistep SDE solvers: D at sigma, then one lincomb `update_k` on [x, D, D_1, ...,
+    z] with as many earlier D as exist (k - 1, up to `history`); noise only with eta > 0 (k-diffusion draws none at
+    eta = 0); the step to 0 returns D."""
+
+    history = 1
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta, self.s_noise = check_eta(eta), float(s_noise)
+
+    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
+        denoised = run.call(x, i, "sigma")
+        run.report(i, x, denoised)
+        if run.lands_on_zero(i):
+            x = denoised
+        else:
+            earlier = list(run.history)[::-1][: min(i, self.history)]  # D_1, D_2, ... as far as they exist
+            noise = [run.noise(i)] if self.eta else []
+            x = run.lincomb(f"update_{len(earlier) + 1}", i, x, denoised, *earlier, *noise)
+        run.history.append(denoised)
+        return x
+
+
+def _update_tables(rows: dict[int, Tensor], sigma_next: Tensor) -> dict[str, Tensor]:
+    """`update_k` tables from the rows of a step with k - 1 earlier D: step k - 1 reads update_k, the last k from there
+    on; the rows no step reads are zeroed (so an unread NaN is not refused)."""
+    steps, last = torch.arange(len(sigma_next)), max(rows)
+    tables = {}
+    for k, table in rows.items():
+        read = steps >= k - 1 if k == last else steps == k - 1
+        tables[f"update_{k}"] = _unused_on_zero(torch.where(read[:, None], table, 0.0), sigma_next)
+    return tables
+
+
+class DPMpp2MSDE(MultistepSDE):
     """k-diffusion's sample_dpmpp_2m_sde (the SDE form of DPM-Solver++(2M), Lu et al. 2022b sec. 5): with
     eta_h = eta h, x = (sigma_next/sigma) e^(-eta_h) x + (1 - e^(-h - eta_h)) D + c (D - D_prev)
     + s_noise sigma_next sqrt(1 - e^(-2 eta_h)) z, where r = h_prev / h and c = (1 - e^(-h - eta_h)) / (2r) for the
@@ -174,12 +189,12 @@ class DPMpp2MSDE(Solver):
     step to 0 is x = D. One lincomb on [x, D, D_prev, z]."""
 
     name = "dpmpp_2m_sde"
-    history = 1
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint"):
         if solver_type not in {"midpoint", "heun"}:
             raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-        self.eta, self.s_noise, self.solver_type = _check_eta(eta), float(s_noise), solver_type
+        super().__init__(eta, s_noise)
+        self.solver_type = solver_type
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -191,29 +206,14 @@ class DPMpp2MSDE(Solver):
             correction = 0.5 * weight * inv_r
         else:
             correction = (weight / (-h - eta_h) + 1) * inv_r
-        correction[0] = 0.0  # row 0 is never read ("first_step" is)
         noise = self.s_noise * sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()
         decay = sigma_next / sigma * torch.exp(-eta_h)
-        return {
-            "sigma": sigma,
-            "update": _unused_on_zero(torch.stack([decay, weight + correction, -correction, noise], dim=1), sigma_next),
-            "first_step": torch.stack([decay, weight, noise], dim=1)[:1],  # step 0, which has no D_prev
-        }
-
-    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
-        denoised = run.call(x, i, "sigma")
-        run.report(i, x, denoised)
-        if run.lands_on_zero(i):
-            x = denoised
-        else:
-            table, inputs = ("first_step", [x, denoised]) if i == 0 else ("update", [x, denoised, run.history[-1]])
-            noise = [run.noise(i)] if self.eta else []
-            x = run.lincomb(table, i, *inputs, *noise)
-        run.history.append(denoised)
-        return x
+        rows = {1: torch.stack([decay, weight, noise], dim=1),
+                2: torch.stack([decay, weight + correction, -correction, noise], dim=1)}
+        return {"sigma": sigma, **_update_tables(rows, sigma_next)}
 
 
-class DPMpp3MSDE(Solver):
+class DPMpp3MSDE(MultistepSDE):
     """k-diffusion's sample_dpmpp_3m_sde: with h_eta = (1 + eta) h,
     x = e^(-h_eta) x + (1 - e^(-h_eta)) D + phi_2 d1 - phi_3 d2 + s_noise sigma_next sqrt(1 - e^(-2 eta h)) z, where
     phi_2 = expm1(-h_eta)/h_eta + 1, phi_3 = phi_2/h_eta - 1/2 and d1, d2 are the first and second divided differences
@@ -222,9 +222,6 @@ class DPMpp3MSDE(Solver):
 
     name = "dpmpp_3m_sde"
     history = 2
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta(eta), float(s_noise)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -240,28 +237,8 @@ class DPMpp3MSDE(Solver):
         d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))[:, None]
         d2 = (d1_0 - d1_1) / (r0 + r1)[:, None]
         first = torch.stack([-torch.expm1(-h_eta), zero, zero], dim=1)
+        denoised_weights = {1: first, 2: first + phi_2[:, None] * d1_0, 3: first + phi_2[:, None] * d1 - phi_3[:, None] * d2}
         decay = torch.exp(-h_eta)[:, None]
         noise = (self.s_noise * sigma_next * (-torch.expm1(-2 * h * self.eta)).sqrt())[:, None]
-        denoised_weights = {
-            1: first,  # step 0
-            2: first + phi_2[:, None] * d1_0,  # step 1
-            3: first + phi_2[:, None] * d1 - phi_3[:, None] * d2,  # later steps
-        }
-        tables = {"sigma": sigma}
-        for k, weights in denoised_weights.items():
-            read = torch.arange(len(h)) >= k - 1 if k == 3 else torch.arange(len(h)) == k - 1
-            row = torch.where(read[:, None], torch.cat([decay, weights[:, :k], noise], dim=1), 0.0)  # 0: never read
-            tables[f"update_{k}"] = _unused_on_zero(row, sigma_next)
-        return tables
-
-    def step(self, run: Run, i: int, x: Tensor) -> Tensor:
-        denoised = run.call(x, i, "sigma")
-        run.report(i, x, denoised)
-        if run.lands_on_zero(i):
-            x = denoised
-        else:
-            earlier = list(run.history)[::-1][: min(i, 2)]  # D_1, D_2 as far as they exist
-            noise = [run.noise(i)] if self.eta else []
-            x = run.lincomb(f"update_{len(earlier) + 1}", i, x, denoised, *earlier, *noise)
-        run.history.append(denoised)
-        return x
+        rows = {k: torch.cat([decay, weights[:, :k], noise], dim=1) for k, weights in denoised_weights.items()}
+        return {"sigma": sigma, **_update_tables(rows, sigma_next)}

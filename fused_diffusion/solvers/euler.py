@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Solver
+from .base import Solver, check_eta
 from .run import Run
 from .churn import ChurnSolver
 
@@ -37,16 +37,18 @@ def ancestral_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Ten
     return sigma_down, sigma_up
 
 
-class EulerAncestral(Solver):
+class Ancestral(Solver):
+    """A solver that steps deterministically to sigma_down, then adds s_noise sigma_up z (ancestral_sigmas)."""
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta, self.s_noise = check_eta(eta), float(s_noise)
+
+
+class EulerAncestral(Ancestral):
     """Euler to sigma_down, then noise up to sigma_next (Ho et al. 2020 ancestral sampling in k-diffusion's form):
     one lincomb on [x, D, z]: [sigma_down / sigma, 1 - sigma_down / sigma, s_noise sigma_up]."""
 
     name = "euler_ancestral"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.eta, self.s_noise = float(eta), float(s_noise)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -59,7 +61,4 @@ class EulerAncestral(Solver):
         run.report(i, x, denoised)
         if run.lands_on_zero(i):
             return denoised  # sigma_down = sigma_up = 0
-        if self.eta == 0:
-            run.unused_noise(i)
-            return run.lincomb("ancestral", i, x, denoised)  # deterministic: the noise column is 0
-        return run.lincomb("ancestral", i, x, denoised, run.noise(i))
+        return run.noisy_lincomb("ancestral", i, x, denoised, noise=self.eta > 0)

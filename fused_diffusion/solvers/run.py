@@ -123,6 +123,14 @@ class Run:
         if self.k_diffusion_rng:
             self.noise(i, at)
 
+    def noisy_lincomb(self, name: str, i: int, *inputs: Tensor, noise: bool, at: str | None = None) -> Tensor:
+        """One fused update whose last input is fresh noise (`noise(i, at)`); with `noise` False its coefficient is 0,
+        so the update reads none and the draw k-diffusion makes anyway is made only for its random stream."""
+        if noise:
+            return self.lincomb(name, i, *inputs, self.noise(i, at))
+        self.unused_noise(i, at)
+        return self.lincomb(name, i, *inputs)
+
     def report(self, i: int, x: Tensor, denoised: Tensor, sigma_hat: str = "sigma", **extra: Tensor) -> None:
         """k-diffusion's per-step callback dict (`extra` adds or replaces entries)."""
         if self.callback is not None:
