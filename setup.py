@@ -64,7 +64,7 @@ setup(
     extras_require={
         # the shipped digits model, its metric, training and the picture demo (data ship inside scikit-learn)
         "digits": DIGITS,
-        "test": ["pytest", "scipy", "torchsde", "triton; platform_system == 'Linux'", *DIGITS],
+        "test": ["pytest", "hypothesis", "scipy", "torchsde", "triton; platform_system == 'Linux'", *DIGITS],
         # Brownian-tree noise, the default of the DPM++ SDE samplers (as in k-diffusion)
         "sde": ["torchsde"],
         "diffusers": ["diffusers>=0.30", "safetensors"],

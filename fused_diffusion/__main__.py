@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
 
 import fused_diffusion as fd
+from fused_diffusion.ops import availability
+
+
+def backend_variable_problem() -> str | None:
+    """Why FUSED_DIFFUSION_BACKEND is unusable as set, or None (unset, empty or a backend's name)."""
+    value = os.environ.get(availability.ENV)
+    if not value or value in availability.BACKENDS:
+        return None
+    return (f"{availability.ENV}={value!r} is invalid; valid values are {', '.join(availability.BACKENDS)} "
+            "(or leave it unset for the automatic choice)")
+
+
+def print_backends(problem: str | None) -> None:
+    """The backends report; with a bad variable, the report without it (the ops would refuse to run) and the error."""
+    if problem is None:
+        print(json.dumps(fd.backends(), indent=2))
+        return
+    value = os.environ.pop(availability.ENV)
+    try:
+        print(json.dumps(fd.backends(), indent=2))
+    finally:
+        os.environ[availability.ENV] = value
+    raise SystemExit(f"error: {problem}; the report above ignores it")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -55,12 +79,15 @@ def main() -> None:
     t.add_argument("--trajectories", type=int, default=30_000, help="digits-amed: teacher trajectories")
     sub.add_parser("backends", help="print which op backends are available and active")
     args = parser.parse_args()
-    if args.command == "demo":
+    problem = backend_variable_problem()  # checked up front: every fused op would raise it later, mid-run
+    if args.command == "backends":
+        print_backends(problem)
+    elif problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
+    elif args.command == "demo":
         demo.main(args)
     elif args.command == "train":
         train(args)
-    else:
-        print(json.dumps(fd.backends(), indent=2))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .schedules import sigmas_from_alphas_cumprod
+from .schedules import check_real, describe, sigmas_from_alphas_cumprod
 
 
 def unwrap_output(out: Any) -> Tensor:
@@ -19,10 +19,27 @@ def unwrap_output(out: Any) -> Tensor:
     if isinstance(out, Tensor):
         return out
     if hasattr(out, "sample"):
+        if not isinstance(out.sample, Tensor):
+            raise TypeError(f"model returned a {type(out).__name__} whose .sample is {describe(out.sample)}; "
+                            "expected a tensor")
         return out.sample
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         return out[0]
-    raise TypeError(f"model returned {type(out).__name__}; expected a tensor, an object with .sample, or a tuple")
+    raise TypeError(f"model returned {describe(out)}; expected a tensor, an object with a tensor .sample, or a tuple "
+                    "or list whose first element is a tensor")
+
+
+def _check_callable(name: str, model: object) -> None:
+    if not callable(model):
+        raise TypeError(f"{name} must be callable (a model or function), got {describe(model)}")
+
+
+def _check_batch(name: str, value: object, batch: int) -> None:
+    """cond / uncond: a tensor with x's batch (shape only: no host sync inside a sampling loop or graph capture)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {describe(value)}")
+    if value.dim() == 0 or value.shape[0] != batch:
+        raise ValueError(f"{name} must have batch {batch} (x's batch) in dim 0, got shape {tuple(value.shape)}")
 
 
 def _rows(*columns: Tensor) -> Tensor:
@@ -39,8 +56,9 @@ class EpsDenoiser(nn.Module):
 
     def __init__(self, eps_model: Callable[..., Any], alphas_cumprod: Tensor, quantize: bool = False):
         super().__init__()
+        _check_callable("eps_model", eps_model)
         self.inner_model = eps_model
-        self.quantize = quantize
+        self.quantize = bool(quantize)
         self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float(), persistent=False)
 
     @property
@@ -92,6 +110,7 @@ class FlowDenoiser(nn.Module):
 
     def __init__(self, velocity_model: Callable[..., Any]):
         super().__init__()
+        _check_callable("velocity_model", velocity_model)
         self.inner_model = velocity_model
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
@@ -111,6 +130,9 @@ class CFGDenoiser(nn.Module):
 
     def __init__(self, denoiser: Callable[..., Tensor], scale: float, cond_kwarg: str = "cond"):
         super().__init__()
+        _check_callable("denoiser", denoiser)
+        if not isinstance(cond_kwarg, str):
+            raise TypeError(f"cond_kwarg must be a keyword name (str), got {describe(cond_kwarg)}")
         self.inner_model = denoiser
         self.cond_kwarg = cond_kwarg
         # a plain tensor, not a buffer: a new scale must not look like a weight edit to a graph's version check
@@ -119,15 +141,17 @@ class CFGDenoiser(nn.Module):
 
     def set_scale(self, scale: float) -> None:
         """A new guidance scale, written in place so captured graphs replay it."""
-        self.scale = float(scale)
+        self.scale = check_real("scale", scale)  # a NaN scale would surface later as the model's non-finite output
         self.combine.copy_(torch.tensor([1.0 - self.scale, self.scale]))
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor, **kwargs: Any) -> Tensor:
+        batch = x.shape[0]
+        _check_batch("cond", cond, batch)  # before the inner model, which would fail deep inside on a bad batch
+        _check_batch("uncond", uncond, batch)
         if cond.shape != uncond.shape:
             raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
         if self.combine.device != x.device:
             self.combine = self.combine.to(x.device)
-        batch = x.shape[0]
         both = self.inner_model(
             torch.cat([x, x]), torch.cat([sigma, sigma]), **{self.cond_kwarg: torch.cat([uncond, cond])}, **kwargs
         )

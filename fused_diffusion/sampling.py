@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import solvers
 from .noise import BrownianTreeNoiseSampler
-from .schedules import get_flow_times, validate_sigmas
+from .schedules import check_count, check_real, get_flow_times, validate_sigmas
 from .solvers.dpm_solver import sample_dpm_adaptive
 from .solvers.run import Callback, NoiseSampler
 
@@ -88,9 +88,9 @@ def sample_dpm_fast(model: Model, x: Tensor, sigma_min: float, sigma_max: float,
     """DPM-Solver-fast: `n` model calls on a grid uniform in log sigma from sigma_max to sigma_min (k-diffusion's
     sample_dpm_fast); the result is at sigma_min (no final denoise). Graph mode: fd.Sampler(model, "dpm_fast",
     torch.tensor([sigma_max, sigma_min]), nfe=n)."""
-    if not sigma_min > 0 or not sigma_max > 0:
-        raise ValueError(f"sigma_min and sigma_max must be > 0, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    solver = solvers.DPMFast(n, eta, s_noise)
+    check_real("sigma_min", sigma_min, above=0)
+    check_real("sigma_max", sigma_max, above=0)
+    solver = solvers.DPMFast(check_count("n", n), eta, s_noise)
     schedule = torch.stack([torch.tensor(sigma_max), torch.tensor(sigma_min)]).to(x.device)  # k-diffusion's dtype
     return solvers.sample(solver, model, x, schedule, extra_args, callback, disable, noise_sampler,
                           k_diffusion_rng=k_diffusion_rng)

@@ -5,9 +5,73 @@ Every function returns float32 sigmas on `device`, validated by `validate_sigmas
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
+
+
+def describe(value: object) -> str:
+    """A short description of an argument for an error message: its value and type, or a tensor's shape and dtype."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """An integer argument >= minimum as an int (numpy integers fine; bool refused: True is no count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _is_real(value: object) -> bool:
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_real(name: str, value: object, above: float | None = None, at_least: float | None = None,
+               below: float | None = None, allow_inf: bool = False) -> float:
+    """A real argument as a float (Python and numpy numbers, 0-dim tensors), finite unless `allow_inf` (never NaN),
+    optionally > `above`, >= `at_least`, < `below`. Read on the host once, before any work."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    number = float(value)  # sync-ok: an argument, read once up front
+    if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        raise ValueError(f"{name} must be {'a number' if allow_inf else 'finite'}, got {number}")
+    if above is not None and not number > above:
+        raise ValueError(f"{name} must be > {above}, got {number}")
+    if at_least is not None and not number >= at_least:
+        raise ValueError(f"{name} must be >= {at_least}, got {number}")
+    if below is not None and not number < below:
+        raise ValueError(f"{name} must be < {below}, got {number}")
+    return number
+
+
+def check_alphas_cumprod(alphas_cumprod: object, name: str = "alphas_cumprod") -> Tensor:
+    """A DDPM training schedule: a 1-D floating tensor of at least 2 values in (0, 1), non-increasing. Checked on
+    the host once (the adapters and DDIM read it at construction, never per call)."""
+    if not isinstance(alphas_cumprod, Tensor):
+        raise TypeError(f"{name} must be a 1-D floating-point torch.Tensor, got {describe(alphas_cumprod)}")
+    if not alphas_cumprod.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {alphas_cumprod.dtype}")
+    if alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 2:
+        raise ValueError(f"{name} must be a 1-D tensor of at least 2 values, got shape {tuple(alphas_cumprod.shape)}")
+    host = alphas_cumprod.detach().to("cpu", torch.float64)  # sync-ok: validated once, at construction
+    outside = ~((host > 0) & (host < 1))  # NaN is outside too
+    if outside.any():
+        bad = int(outside.nonzero()[0])
+        raise ValueError(f"{name}[{bad}] = {host[bad].item()} must be in (0, 1)")
+    rises = host[1:] > host[:-1]
+    if rises.any():
+        bad = int(rises.nonzero()[0])
+        raise ValueError(f"{name} must be non-increasing: {name}[{bad}] = {host[bad].item()} < "
+                         f"{name}[{bad + 1}] = {host[bad + 1].item()}")
+    return alphas_cumprod
 
 
 def validate_sigmas(sigmas: Tensor) -> Tensor:
@@ -16,8 +80,10 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     samplers do for a base -> refiner hand-off or AMED's schedules). A repeated sigma is a step of length 0, as in
     k-diffusion (the model is called, x does not move); multistep solvers refuse it where their coefficients would be
     NaN (solvers/base.py, check_tables_finite)."""
-    if not isinstance(sigmas, Tensor) or sigmas.dim() != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got {getattr(sigmas, 'shape', sigmas)!r}")
+    if not isinstance(sigmas, Tensor):
+        raise TypeError(f"sigmas must be a torch.Tensor, got {describe(sigmas)}")
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
     if not sigmas.is_floating_point():
         raise TypeError(f"sigmas must be floating point, got dtype {sigmas.dtype}")
     host = sigmas.detach().to("cpu", torch.float64)  # sync-ok: schedules are validated once, before a loop
@@ -38,11 +104,18 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     return sigmas
 
 
-def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
-    if n < 1:
-        raise ValueError(f"the number of steps must be >= 1, got {n}")
+def _check_range(n: object, sigma_min: object, sigma_max: object) -> tuple[int, float, float]:
+    """(n, sigma_min, sigma_max) checked and as Python numbers (so a 0-dim tensor gives the float result)."""
+    n = check_count("n", n)
+    sigma_min, sigma_max = check_real("sigma_min", sigma_min), check_real("sigma_max", sigma_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return n, sigma_min, sigma_max
+
+
+def _check_eps_s(eps_s: object) -> float:
+    """The VP schedules' smallest time: t runs from 1 down to eps_s."""
+    return check_real("eps_s", eps_s, above=0, below=1)
 
 
 def append_zero(x: Tensor) -> Tensor:
@@ -51,7 +124,8 @@ def append_zero(x: Tensor) -> Tensor:
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu") -> Tensor:
     """Karras et al. (2022), eq. 5; identical to k-diffusion 0.1.1 (computed in float32 as it does)."""
-    _check_range(n, sigma_min, sigma_max)
+    n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
+    rho = check_real("rho", rho, above=0)
     ramp = torch.linspace(0, 1, n)
     min_inv_rho = sigma_min ** (1 / rho)
     max_inv_rho = sigma_max ** (1 / rho)
@@ -61,7 +135,8 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 def get_sigmas_polynomial(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu") -> Tensor:
     """AMED's 'polynomial' schedule: the Karras formula evaluated in float64, then stored as float32."""
-    _check_range(n, sigma_min, sigma_max)
+    n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
+    rho = check_real("rho", rho, above=0)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return validate_sigmas(append_zero(sigmas).float().to(device))
@@ -69,7 +144,7 @@ def get_sigmas_polynomial(n: int, sigma_min: float, sigma_max: float, rho: float
 
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float, device="cpu") -> Tensor:
     """Uniform in log sigma, i.e. uniform in log-SNR (AMED's 'logsnr'); as k-diffusion 0.1.1."""
-    _check_range(n, sigma_min, sigma_max)
+    n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp()
     return validate_sigmas(append_zero(sigmas).to(device))
 
@@ -80,7 +155,8 @@ get_sigmas_logsnr = get_sigmas_exponential
 def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, device="cpu") -> Tensor:
     """Polynomial in log sigma: log sigma_i = log sigma_min + (1 - i/(n-1))^rho (log sigma_max - log sigma_min); as
     k-diffusion 0.1.1 (rho = 1 is the exponential schedule)."""
-    _check_range(n, sigma_min, sigma_max)
+    n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
+    rho = check_real("rho", rho, above=0)  # rho <= 0 turns 0 ** rho into inf or a constant schedule
     ramp = torch.linspace(1, 0, n) ** rho
     sigmas = torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min))
     return validate_sigmas(append_zero(sigmas).to(device))
@@ -88,8 +164,11 @@ def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: 
 
 def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3, device="cpu") -> Tensor:
     """Song et al. (2021) VP-SDE sigmas at uniform times t in [1, eps_s]; as k-diffusion 0.1.1."""
-    if n < 1:
-        raise ValueError(f"the number of steps must be >= 1, got {n}")
+    n, eps_s = check_count("n", n), _check_eps_s(eps_s)
+    # beta(t) = beta_min + beta_d t >= 0, and not 0 throughout (then every sigma would be 0)
+    beta_d, beta_min = check_real("beta_d", beta_d, at_least=0), check_real("beta_min", beta_min, at_least=0)
+    if beta_d == beta_min == 0:
+        raise ValueError("beta_d and beta_min must not both be 0 (every sigma would be 0)")
     t = torch.linspace(1, eps_s, n)
     sigmas = torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1)
     return validate_sigmas(append_zero(sigmas).to(device))
@@ -100,10 +179,14 @@ def get_sigmas_time_uniform(
 ) -> Tensor:
     """AMED's 'time_uniform': a VP schedule fitted so sigma(1) = sigma_max and sigma(eps_s) = sigma_min,
     sampled at t_i = (1 + i/(n-1) (eps_s^(1/rho) - 1))^rho (uniform in t for rho = 1)."""
-    _check_range(n, sigma_min, sigma_max)
+    n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
+    rho, eps_s = check_real("rho", rho, above=0), _check_eps_s(eps_s)
     log_max, log_min = math.log(sigma_max**2 + 1), math.log(sigma_min**2 + 1)
     beta_d = 2 * (log_min / eps_s - log_max) / (eps_s - 1)
     beta_min = log_max - 0.5 * beta_d
+    if min(beta_min + beta_d * eps_s, beta_min + beta_d) <= 0:  # beta(t) <= 0 somewhere: sigma(t) not increasing
+        raise ValueError(f"no VP schedule rises from sigma_min={sigma_min} at t=eps_s={eps_s} to sigma_max={sigma_max} "
+                         "at t=1 with beta(t) > 0; use a smaller sigma_min or a larger eps_s")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     t = (1 + ramp * (eps_s ** (1 / rho) - 1)) ** rho
     sigmas = torch.sqrt(torch.exp(0.5 * beta_d * t**2 + beta_min * t) - 1)
@@ -114,28 +197,33 @@ def ddpm_alphas_cumprod(
     num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, beta_schedule: str = "linear"
 ) -> Tensor:
     """alphas_cumprod of a DDPM training schedule, as diffusers builds it ('linear' or 'scaled_linear')."""
+    num_train_timesteps = check_count("num_train_timesteps", num_train_timesteps, minimum=2)
+    beta_start = check_real("beta_start", beta_start, above=0, below=1)
+    beta_end = check_real("beta_end", beta_end, above=0, below=1)
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     elif beta_schedule == "scaled_linear":
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     else:
         raise ValueError(f"beta_schedule must be 'linear' or 'scaled_linear', got {beta_schedule!r}")
-    return torch.cumprod(1.0 - betas, dim=0)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if alphas_cumprod[-1] <= 0:  # sync-ok: a CPU tensor, built once
+        bad = int((alphas_cumprod <= 0).nonzero()[0])
+        raise ValueError(f"num_train_timesteps={num_train_timesteps}, beta_start={beta_start} and beta_end={beta_end} "
+                         f"make alphas_cumprod underflow to 0 in float32 at timestep {bad}")
+    return alphas_cumprod
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
     """The training sigmas of a DDPM, sigma_t = sqrt((1 - abar_t) / abar_t), in timestep order (increasing)."""
-    ac = alphas_cumprod.to(torch.float64)
-    if ac.dim() != 1 or not ((ac > 0) & (ac < 1)).all():
-        raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+    ac = check_alphas_cumprod(alphas_cumprod).to(torch.float64)
     return ((1 - ac) / ac).sqrt()
 
 
 def get_sigmas_discrete(n: int, alphas_cumprod: Tensor, device="cpu") -> Tensor:
     """n sigmas of a DDPM at timesteps uniform in [T-1, 0], log-sigma interpolated (k-diffusion's
     DiscreteSchedule.get_sigmas), then 0."""
-    if n < 1:
-        raise ValueError(f"the number of steps must be >= 1, got {n}")
+    n = check_count("n", n)
     log_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).log()
     t = torch.linspace(len(log_sigmas) - 1, 0, n, dtype=torch.float64)
     low = t.floor().long()
@@ -147,6 +235,5 @@ def get_sigmas_discrete(n: int, alphas_cumprod: Tensor, device="cpu") -> Tensor:
 
 def get_flow_times(n: int, device="cpu") -> Tensor:
     """The uniform flow grid t_0 = 0 (noise) < ... < t_n = 1 (data) used by rectified-flow and shortcut models."""
-    if n < 1:
-        raise ValueError(f"the number of steps must be >= 1, got {n}")
+    n = check_count("n", n)
     return torch.linspace(0, 1, n + 1, dtype=torch.float64).float().to(device)

@@ -382,7 +382,7 @@ class TestSampler:
             fd.sample_lms(self.gmm, self.noise, sigmas(6), order=6, disable=True)
         with pytest.raises(ValueError, match="order must be 2 or 3, got 4"):
             fd.sample_dpm_adaptive(self.gmm, self.noise, SIGMA_MIN, SIGMA_MAX, order=4, disable=True)
-        with pytest.raises(ValueError, match="sigma_min and sigma_max must be > 0"):
+        with pytest.raises(ValueError, match="sigma_min must be > 0, got 0.0"):
             fd.sample_dpm_fast(self.gmm, self.noise, 0.0, SIGMA_MAX, 5, disable=True)
         with pytest.raises(ValueError, match="eta must be >= 0"):
             fd.sample_dpmpp_3m_sde(self.gmm, self.noise, sigmas(6), eta=-1.0, disable=True)

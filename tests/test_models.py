@@ -63,7 +63,7 @@ def test_cfg_combines_in_one_batched_call_and_one_launch():
     torch.testing.assert_close(out, x * 0.5 + 7.5 * (x * 2.0 - x * 0.5))
     cfg.set_scale(1.0)
     torch.testing.assert_close(cfg(x, sigma, cond=cond, uncond=uncond), x * 2.0)
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="uncond must have batch 3"):
         cfg(x, sigma, cond=cond, uncond=uncond[:2])
 
 

@@ -64,7 +64,7 @@ def test_flow_times():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: fd.get_sigmas_karras(0, 0.002, 80.0), "steps must be >= 1"),
+        (lambda: fd.get_sigmas_karras(0, 0.002, 80.0), "n must be an integer >= 1"),
         (lambda: fd.get_sigmas_karras(5, 80.0, 0.002), "sigma_min < sigma_max"),
         (lambda: fd.get_sigmas_exponential(5, 0.0, 1.0), "sigma_min < sigma_max"),
         (lambda: fd.ddpm_alphas_cumprod(beta_schedule="cosine"), "beta_schedule"),

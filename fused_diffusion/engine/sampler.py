@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import Plan, Run, Solver, check_input, get_solver, run_steps
-from ..solvers.run import Callback
+from ..solvers.run import Callback, check_run_arguments
 from .cache import GraphCache, argument_signature
 from .capture import OWN_GRAPHS_HINT, CapturedLoop, capture, new_trajectory, records_own_cuda_graphs
 from .watch import LoopWatch
@@ -61,6 +61,11 @@ class Sampler:
     ):
         if sigmas is None:
             raise ValueError("sigmas (the schedule) is required, e.g. fd.get_sigmas_karras(18, 0.002, 80.0)")
+        check_run_arguments(model, extra_args, None, None)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
+            raise ValueError(f"max_graphs must be an integer >= 1, got {max_graphs!r}")
         self.model = model
         self.solver = get_solver(solver, **solver_options)
         self.plan = Plan(self.solver, sigmas)
@@ -111,7 +116,11 @@ class Sampler:
         callback: Callback | None = None,
         disable: bool | None = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        check_input(noise)
+        check_input(noise, "noise")
+        if out is not None:
+            check_out(out, noise)
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got {type(extra_args).__name__}")
         extra = {**self.extra_args, **(extra_args or {})}
         if not self._graphable(noise, callback):
             return self._eager(noise, extra, callback, disable, out)
@@ -174,3 +183,16 @@ class Sampler:
         self.captures += 1
         self.graphs.put(key, entry)
         return entry
+
+
+def check_out(out: Tensor, noise: Tensor) -> None:
+    """`out` receives the result as is: same shape (a broadcast copy would repeat one sample), floating point (an
+    integer buffer would truncate), same device (no hidden transfer)."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != noise.shape:
+        raise ValueError(f"out must have the result's shape {tuple(noise.shape)}, got {tuple(out.shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"out must be a floating-point tensor, got dtype {out.dtype}")
+    if out.device != noise.device:
+        raise ValueError(f"out must be on the noise's device {noise.device}, got {out.device}")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..schedules import check_real
 from .base import Solver
 from .run import Run
 
@@ -42,6 +43,13 @@ def amed_coefficients(sigma: Tensor, sigma_next: Tensor, r, scale_dir, scale_tim
     return scale_time * t_mid, midpoint, final
 
 
+def check_predictor(predictor: object) -> object:
+    if predictor is not None and not callable(predictor):
+        raise TypeError(f"predictor must be callable, predictor(x, sigma, sigma_next, analytic), or None; got "
+                        f"{type(predictor).__name__}")
+    return predictor
+
+
 class AMED(Solver):
     """One midpoint model call per step; the midpoint exponent r (and the scales) come from the learned predictor,
     or r = 1/2 (geometric mean, DPM-Solver-2's midpoint) and the given scales without one. With `afs` the first
@@ -51,8 +59,8 @@ class AMED(Solver):
 
     def __init__(self, predictor: Predictor | None = None, afs: bool = True, scale_dir: float = 1.0,
                  scale_time: float = 1.0):
-        self.predictor, self.afs = predictor, bool(afs)
-        self.scale_dir, self.scale_time = float(scale_dir), float(scale_time)
+        self.predictor, self.afs = check_predictor(predictor), bool(afs)
+        self.scale_dir, self.scale_time = check_real("scale_dir", scale_dir), check_real("scale_time", scale_time)
 
     def graph_key(self) -> tuple:
         # the predictor by identity (its weights and hooks are watched through `modules`)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor, nn
 
-from ..schedules import validate_sigmas
+from ..schedules import check_real, validate_sigmas
 
 if TYPE_CHECKING:
     from .run import Run
@@ -148,9 +148,7 @@ class Plan:
 
 def check_eta(eta: float) -> float:
     """The ancestral / SDE noise amount: eta >= 0 (0 is the deterministic solver)."""
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    return float(eta)
+    return check_real("eta", eta, at_least=0)
 
 
 def check_tables_finite(solver: Solver, host: dict[str, Tensor], schedule: Tensor) -> None:

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..schedules import check_real
 from .base import Solver
 from .run import Run
 
@@ -15,9 +16,10 @@ class ChurnSolver(Solver):
     sigma_hat = sigma_i (1 + gamma_i), x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) * s_noise * z (Alg. 2, lines 4-6)."""
 
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
-        if s_churn < 0:
-            raise ValueError(f"s_churn must be >= 0, got {s_churn}")
-        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = float(s_churn), float(s_tmin), float(s_tmax), float(s_noise)
+        self.s_churn = check_real("s_churn", s_churn, at_least=0)
+        self.s_tmin = check_real("s_tmin", s_tmin, allow_inf=True)
+        self.s_tmax = check_real("s_tmax", s_tmax, allow_inf=True)
+        self.s_noise = check_real("s_noise", s_noise)
 
     def churn_tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         """'sigma' [n], 'sigma_hat' [n] and, with churn, the row [1, s_noise sqrt(sigma_hat^2 - sigma^2)]."""

@@ -1,26 +1,46 @@
 """DDIM (Song et al. 2021, eq. 12) on an epsilon model with integer timesteps, as diffusers' DDIMScheduler."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..schedules import check_alphas_cumprod, check_count, check_real, describe
 from .base import Solver, check_eta
 from .run import Run
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _check_steps(steps: object, num_train_timesteps: int) -> int:
+    """An integer in [1, num_train_timesteps]: a float count would give a step size diffusers never uses."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an integer in [1, {num_train_timesteps}], got {describe(steps)}")
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}] (the number of training timesteps), got {steps}")
+    return int(steps)
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Tensor:
     """DDIMScheduler.set_timesteps: the decreasing integer timesteps of an n-step DDIM run."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    num_train_timesteps = check_count("num_train_timesteps", num_train_timesteps)
+    steps = _check_steps(steps, num_train_timesteps)
+    steps_offset = check_count("steps_offset", steps_offset, minimum=0)
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {', '.join(map(repr, TIMESTEP_SPACINGS))}, got {spacing!r}")
     if spacing == "leading":
         timesteps = (np.arange(0, steps) * (num_train_timesteps // steps)).round()[::-1].astype(np.int64) + steps_offset
+        if timesteps[0] >= num_train_timesteps:  # diffusers would index past alphas_cumprod here
+            raise ValueError(f"steps_offset={steps_offset} moves the first of {steps} 'leading' timesteps to "
+                             f"{timesteps[0]}, past the last training timestep {num_train_timesteps - 1}")
     elif spacing == "trailing":
         timesteps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps)).astype(np.int64) - 1
-    elif spacing == "linspace":
+        # float rounding in arange sometimes adds a step at timestep -1 (diffusers then reads alphas_cumprod[-1])
+        timesteps = timesteps[:steps]
+    else:  # linspace
         timesteps = np.linspace(0, num_train_timesteps - 1, steps).round()[::-1].astype(np.int64)
-    else:
-        raise ValueError(f"timestep_spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
     return torch.from_numpy(timesteps.copy())
 
 
@@ -34,9 +54,10 @@ class DDIM(Solver):
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
                  clip_sample: bool = False, clip_sample_range: float = 1.0):
-        self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
+        self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
         self.eta, self.set_alpha_to_one = check_eta(eta), bool(set_alpha_to_one)
-        self.clip_sample, self.clip_sample_range = bool(clip_sample), float(clip_sample_range)
+        self.clip_sample = bool(clip_sample)
+        self.clip_sample_range = check_real("clip_sample_range", clip_sample_range, above=0)
 
     def graph_key(self) -> tuple:
         return (type(self).__name__, self.eta > 0, self.clip_sample, self.clip_sample_range)
@@ -45,11 +66,21 @@ class DDIM(Solver):
         return False  # a grid of timesteps / flow times, not sigmas: no denoise step
 
     def check_schedule(self, timesteps: Tensor) -> None:
-        t = timesteps.detach().cpu()  # sync-ok: validated once, before the loop
+        if not isinstance(timesteps, Tensor):
+            raise TypeError(f"timesteps must be a torch.Tensor, got {describe(timesteps)}")
+        t = timesteps.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
         if t.dim() != 1 or len(t) == 0:
             raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
-        if (t < 0).any() or (t >= len(self.alphas_cumprod)).any():
-            raise ValueError(f"timesteps must lie in [0, {len(self.alphas_cumprod) - 1}], got {t.tolist()}")  # sync-ok: error path
+        last = len(self.alphas_cumprod) - 1
+        bad = ~((t >= 0) & (t <= last) & (t == t.round()))  # NaN is bad too; tables() would truncate a fraction
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"timesteps[{i}] = {t[i].item()} must be an integer in [0, {last}]")
+        rises = t[1:] >= t[:-1]  # each step goes from t to t - T // steps: the order must match
+        if rises.any():
+            i = int(rises.nonzero()[0])
+            raise ValueError(f"timesteps must be strictly decreasing: timesteps[{i}] = {int(t[i])} <= "
+                             f"timesteps[{i + 1}] = {int(t[i + 1])}")
 
     def num_steps(self, timesteps: Tensor) -> int:
         return len(timesteps)

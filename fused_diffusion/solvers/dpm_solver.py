@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import ops
+from ..schedules import check_real
 from .base import Solver, check_eta
 from .euler import ancestral_sigmas
 from .run import Callback, NoiseSampler, Run, check_input, checked_output
@@ -100,7 +101,7 @@ class DPMFast(Solver):
     def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"dpm_fast needs nfe, the number of model calls, an integer >= 1; got {nfe!r}")
-        self.nfe, self.eta, self.s_noise = nfe, check_eta(eta), float(s_noise)
+        self.nfe, self.eta, self.s_noise = nfe, check_eta(eta), check_real("s_noise", s_noise)
         self.orders = fast_orders(nfe)
 
     def check_schedule(self, schedule: Tensor) -> None:
@@ -214,8 +215,13 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
     check_input(x)
     if order not in {2, 3}:
         raise ValueError(f"order must be 2 or 3, got {order!r}")
-    check_sigma_range(torch.tensor([float(sigma_max), float(sigma_min)]))
-    eta = check_eta(eta)
+    sigma_min, sigma_max = check_real("sigma_min", sigma_min, above=0), check_real("sigma_max", sigma_max, above=0)
+    check_sigma_range(torch.tensor([sigma_max, sigma_min]))
+    for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("accept_safety", accept_safety)):
+        check_real(name, value, above=0)
+    for name, value in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)):
+        check_real(name, value)
+    eta, s_noise = check_eta(eta), check_real("s_noise", s_noise)
     extra_args = extra_args or {}
     t_start, t_end = _time(torch.tensor(sigma_max)), _time(torch.tensor(sigma_min))
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)

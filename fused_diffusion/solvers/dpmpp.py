@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schedules import check_real
 from .base import Solver, check_eta
 from .euler import Ancestral, ancestral_sigmas
 from .run import Run
@@ -104,9 +105,9 @@ class DPMppSDE(Solver):
     name = "dpmpp_sde"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
-        if not 0 < r <= 1:
+        self.eta, self.s_noise, self.r = check_eta(eta), check_real("s_noise", s_noise), check_real("r", r)
+        if not 0 < self.r <= 1:
             raise ValueError(f"r must be in (0, 1], got {r}")
-        self.eta, self.s_noise, self.r = check_eta(eta), float(s_noise), float(r)
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         # in t = -log sigma as k-diffusion, so a repeated sigma gives sigma_s = sigma exactly (h = 0)
@@ -155,7 +156,7 @@ class MultistepSDE(Solver):
     history = 1
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta), float(s_noise)
+        self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schedules import check_real
 from .base import Solver, check_eta
 from .run import Run
 from .churn import ChurnSolver
@@ -41,7 +42,7 @@ class Ancestral(Solver):
     """A solver that steps deterministically to sigma_down, then adds s_noise sigma_up z (ancestral_sigmas)."""
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta), float(s_noise)
+        self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
 
 
 class EulerAncestral(Ancestral):

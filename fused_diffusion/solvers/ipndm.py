@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .amed import Predictor, predict
+from ..schedules import check_real
+from .amed import Predictor, check_predictor, predict
 from .base import Solver
 from .run import Run
 
@@ -62,8 +63,8 @@ class IPNDM(Solver):
             order = None
         if order is None or not 1 <= order <= 4:
             raise ValueError(f"max_order must be an integer from 1 to 4, got {max_order!r}")
-        self.max_order, self.afs, self.predictor = order, bool(afs), predictor
-        self.scale_dir, self.scale_time = float(scale_dir), float(scale_time)
+        self.max_order, self.afs, self.predictor = order, bool(afs), check_predictor(predictor)
+        self.scale_dir, self.scale_time = check_real("scale_dir", scale_dir), check_real("scale_time", scale_time)
         # derivatives a step reads besides its own: run.history keeps the newest max_order - 1 (none for order 1)
         self.history = order - 1
 

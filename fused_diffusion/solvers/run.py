@@ -37,6 +37,7 @@ class Run:
         check_finite: bool = True,
         k_diffusion_rng: bool = False,
     ):
+        check_run_arguments(model, extra_args, callback, noise_sampler)
         self.plan, self.solver, self.model = plan, plan.solver, model
         self.tables = plan.tables(like.device, table_dtype(like.dtype))
         self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
@@ -48,9 +49,13 @@ class Run:
         self.id = new_run_id()
         # the denoised outputs of earlier steps, newest last, as many as the solver reads
         self.history: collections.deque[Tensor] = collections.deque(maxlen=max(self.solver.history, 1))
-        self.calls: list[tuple[int, str]] = []  # (step, label) per model call, to name a non-finite one
+        self.calls: list[tuple[int, str]] = []  # (step, label) per model call
         self._in_step = 0
+        # one device sum per checked tensor, read once after the loop, and what it was: ("model", step, label),
+        # ("input", -1, name) or ("noise", step, "") - so a NaN is blamed on what produced it
         self.finite_sums: list[Tensor] = []
+        self.finite_sources: list[tuple[str, int, str]] = []
+        self._step_outputs: list[tuple[int, Tensor]] = []  # this step's model outputs so far
 
     def update_tables(self) -> None:
         """Rewrites this run's device tables in place if the plan's schedule changed since (a captured graph reads
@@ -90,12 +95,43 @@ class Run:
         self._in_step = self._in_step + 1 if self.calls and self.calls[-1][0] == i else 0
         context = ModelCall(self.id, len(self.calls), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None)
         self.calls.append((i, label))
+        version = _version(x)
         with model_call(context):
             out = checked_output(self.model(x, *inputs, **self.extra_args), x, self.where(i, label))
-        if self.check_finite:
-            # one device-side reduction per call, read once after the loop: no per-step sync
-            self.finite_sums.append(out.sum(dtype=torch.float32))
+        if version is not None and _version(x) != version:
+            raise ValueError(f"{self.where(i, label)}: the model modified its input x in place; the solver still "
+                             "reads x, so the result would be wrong: compute on a copy (x = x * c, not x.mul_(c))")
+        self._check_not_reused(out, i, label)
+        self._watch_finite(out, ("model", i, label))
         return out
+
+    def _check_not_reused(self, out: Tensor, i: int, label: str) -> None:
+        """Refuses an output in the memory of an earlier one the solver may still read (the solver's history, or
+        this step's earlier calls): a model that writes every result into one buffer has overwritten it during this
+        call, and the result would be silently wrong (k-diffusion has this flaw). A pointer comparison, no sync."""
+        if self._step_outputs and self._step_outputs[0][0] != i:
+            self._step_outputs.clear()
+        memory = out.untyped_storage().data_ptr()
+        held = [t for _, t in self._step_outputs] + list(self.history)
+        if any(t.untyped_storage().data_ptr() == memory for t in held):
+            raise ValueError(
+                f"{self.where(i, label)}: the model returned the memory of an earlier output that the solver still "
+                "reads (it reuses one output buffer), which this call has overwritten; return a new tensor from each "
+                "call, e.g. wrap it: lambda x, sigma, **kw: model(x, sigma, **kw).clone()")
+        self._step_outputs.append((i, out))
+
+    def _watch_finite(self, value: Tensor, source: tuple[str, int, str]) -> None:
+        if self.check_finite:
+            # one device-side reduction, read once after the loop: no per-step sync
+            self.finite_sums.append(value.sum(dtype=torch.float32))
+            self.finite_sources.append(source)
+
+    def watch_inputs(self, x: Tensor) -> None:
+        """Queues the finite checks of what the run starts from: x and the tensor extra_args."""
+        self._watch_finite(x, ("input", -1, "x (the initial noise)"))
+        for name, value in self.extra_args.items():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                self._watch_finite(value, ("input", -1, f"extra_args[{name!r}]"))
 
     def lincomb(self, name: str, i: int, *inputs: Tensor) -> Tensor:
         """One fused update: sum_k table[name][i, k] * inputs[k] (the row's leading len(inputs) columns)."""
@@ -112,6 +148,7 @@ class Run:
                                  f"{tuple(self.shape)}")
             if z.device != self.device:
                 raise ValueError(f"step {i}: noise_sampler returned a tensor on {z.device}, expected {self.device}")
+            self._watch_finite(z, ("noise", i, ""))
             return z.to(self.dtype)
         if self.generator is None:
             return torch.randn(self.shape, dtype=self.dtype, device=self.device)
@@ -142,12 +179,35 @@ class Run:
         return torch.isfinite(torch.stack(self.finite_sums)) if self.finite_sums else None
 
     def raise_if_not_finite(self, flags: Tensor | None) -> None:
-        """Names the first model call that returned NaN or inf (one host sync, after the loop)."""
+        """Names the first input, noise draw or model call that held NaN or inf (one host sync, after the loop)."""
         if flags is None:
             return
-        for ok, (i, label) in zip(flags.tolist(), self.calls):  # sync-ok: once, after the loop
-            if not ok:
-                raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
+        for ok, (kind, i, label) in zip(flags.tolist(), self.finite_sources):  # sync-ok: once, after the loop
+            if ok:
+                continue
+            if kind == "input":
+                raise ValueError(f"{label} contains NaN or inf")
+            if kind == "noise":
+                raise FloatingPointError(f"noise_sampler returned non-finite values at step {i}")
+            raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
+
+
+def _version(t: Tensor) -> int | None:
+    """The tensor's in-place version counter (None for inference-mode tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sampler: Any) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be callable, model(x, sigma, **extra_args), got {type(model).__name__}")
+    if extra_args is not None and not isinstance(extra_args, dict):
+        raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got {type(extra_args).__name__}")
+    for name, value in (("callback", callback), ("noise_sampler", noise_sampler)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
 
 
 def checked_output(output: Any, x: Tensor, where: str) -> Tensor:
@@ -166,11 +226,13 @@ def _describe(value: Any) -> str:
     return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+def check_input(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(x.shape)}")
 
 
 @torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop
@@ -199,6 +261,7 @@ def sample(
 
 def run_steps(run: Run, x: Tensor, disable: bool | None = True, trajectory: Tensor | None = None) -> Tensor:
     """The loop itself, shared by eager sampling and graph capture; `trajectory[i + 1]` receives x after step i."""
+    run.watch_inputs(x)
     for i in trange(run.n_steps, disable=disable):
         x = run.solver.step(run, i, x)
         if trajectory is not None:
