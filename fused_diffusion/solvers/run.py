@@ -111,9 +111,8 @@ class Run:
         call, and the result would be silently wrong (k-diffusion has this flaw). A pointer comparison, no sync."""
         if self._step_outputs and self._step_outputs[0][0] != i:
             self._step_outputs.clear()
-        memory = out.untyped_storage().data_ptr()
-        held = [t for _, t in self._step_outputs] + list(self.history)
-        if any(t.untyped_storage().data_ptr() == memory for t in held):
+        memory = out.data_ptr()
+        if any(t.data_ptr() == memory for _, t in self._step_outputs) or any(t.data_ptr() == memory for t in self.history):
             raise ValueError(
                 f"{self.where(i, label)}: the model returned the memory of an earlier output that the solver still "
                 "reads (it reuses one output buffer), which this call has overwritten; return a new tensor from each "
