@@ -42,6 +42,31 @@ def _check_batch(name: str, value: object, batch: int) -> None:
         raise ValueError(f"{name} must have batch {batch} (x's batch) in dim 0, got shape {tuple(value.shape)}")
 
 
+def _check_call(x: Tensor, sigma: object) -> None:
+    """An adapter's inputs: x a floating tensor with a batch dimension, sigma a floating tensor of shape [B] on x's
+    device (metadata only: adapters run inside sampling loops and graph captures)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError(f"x must be a floating-point tensor with a batch dimension, got {describe(x)}")
+    if not isinstance(sigma, Tensor) or not sigma.is_floating_point():
+        raise TypeError(f"sigma must be a floating-point tensor of shape [{x.shape[0]}] (one per sample), got "
+                        f"{describe(sigma)}")
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must have shape [{x.shape[0]}] (one per sample of x), got {tuple(sigma.shape)}")
+    if sigma.device != x.device:
+        raise ValueError(f"sigma is on {sigma.device}, expected x's device {x.device}")
+
+
+def _inner_output(output: Any, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The wrapped model's prediction, checked against the shape it must have (a broadcastable or integer output would
+    otherwise pass through the update as a wrong sample)."""
+    out = unwrap_output(output)
+    if out.shape != shape:
+        raise ValueError(f"the wrapped model returned {name} of shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if not out.is_floating_point():
+        raise TypeError(f"the wrapped model returned {name} of dtype {out.dtype}, expected a floating-point tensor")
+    return out.to(like.dtype)
+
+
 def _rows(*columns: Tensor) -> Tensor:
     """Per-sample coefficient rows [B, K] from K vectors of shape [B]."""
     return torch.stack([c.float() for c in columns], dim=1)
@@ -58,7 +83,9 @@ class EpsDenoiser(nn.Module):
         super().__init__()
         _check_callable("eps_model", eps_model)
         self.inner_model = eps_model
-        self.quantize = bool(quantize)
+        if not isinstance(quantize, bool):
+            raise TypeError(f"quantize must be a bool, got {describe(quantize)}")
+        self.quantize = quantize
         self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float(), persistent=False)
 
     @property
@@ -84,10 +111,11 @@ class EpsDenoiser(nn.Module):
         return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        _check_call(x, sigma)
         c_in = (sigma.float() ** 2 + 1).rsqrt()
         x_in = ops.lincomb([x], c_in[:, None])
-        eps = unwrap_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs))
-        return ops.lincomb([x, eps.to(x.dtype)], _rows(torch.ones_like(sigma), -sigma))
+        eps = _inner_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs), "eps", x.shape, x)
+        return ops.lincomb([x, eps], _rows(torch.ones_like(sigma), -sigma))
 
 
 class VDenoiser(EpsDenoiser):
@@ -95,11 +123,12 @@ class VDenoiser(EpsDenoiser):
     D = c_skip x + c_out v(c_in x, t), c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)."""
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        _check_call(x, sigma)
         sigma32 = sigma.float()
         c_in = (sigma32**2 + 1).rsqrt()
         x_in = ops.lincomb([x], c_in[:, None])
-        v = unwrap_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs))
-        return ops.lincomb([x, v.to(x.dtype)], _rows(c_in**2, -sigma32 * c_in))
+        v = _inner_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs), "v", x.shape, x)
+        return ops.lincomb([x, v], _rows(c_in**2, -sigma32 * c_in))
 
 
 class FlowDenoiser(nn.Module):
@@ -114,9 +143,10 @@ class FlowDenoiser(nn.Module):
         self.inner_model = velocity_model
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        _check_call(x, sigma)
         t = 1 / (1 + sigma.float())
-        v = unwrap_output(self.inner_model(ops.lincomb([x], t[:, None]), t, **kwargs))
-        return ops.lincomb([x, v.to(x.dtype)], _rows(t, sigma.float() * t))
+        v = _inner_output(self.inner_model(ops.lincomb([x], t[:, None]), t, **kwargs), "v", x.shape, x)
+        return ops.lincomb([x, v], _rows(t, sigma.float() * t))
 
 
 class CFGDenoiser(nn.Module):
@@ -145,6 +175,7 @@ class CFGDenoiser(nn.Module):
         self.combine.copy_(torch.tensor([1.0 - self.scale, self.scale]))
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor, **kwargs: Any) -> Tensor:
+        _check_call(x, sigma)
         batch = x.shape[0]
         _check_batch("cond", cond, batch)  # before the inner model, which would fail deep inside on a bad batch
         _check_batch("uncond", uncond, batch)
@@ -155,5 +186,5 @@ class CFGDenoiser(nn.Module):
         both = self.inner_model(
             torch.cat([x, x]), torch.cat([sigma, sigma]), **{self.cond_kwarg: torch.cat([uncond, cond])}, **kwargs
         )
-        both = unwrap_output(both)
+        both = _inner_output(both, "the guided batch [uncond, cond]", (2 * batch, *x.shape[1:]), x)
         return ops.lincomb([both[:batch], both[batch:]], self.combine)

@@ -13,10 +13,19 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .schedules import check_real, describe
+
 
 def default_noise_sampler(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """Independent draws from the global generator, randn_like(x) (k-diffusion's default_noise_sampler)."""
+    _check_like(x)
     return lambda sigma, sigma_next: torch.randn_like(x)
+
+
+def _check_like(x: object) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.is_complex():
+        raise TypeError(f"x (whose shape, dtype and device the noise takes) must be a floating-point torch.Tensor, "
+                        f"got {describe(x)}")
 
 
 def _torchsde():
@@ -66,14 +75,23 @@ class BrownianTreeNoiseSampler:
 
     def __init__(self, x: Tensor, sigma_min: float | Tensor, sigma_max: float | Tensor,
                  seed: int | Sequence[int] | None = None, transform: Callable[[Tensor], Tensor] = lambda s: s):
+        _check_like(x)
+        low, high = check_real("sigma_min", sigma_min, at_least=0), check_real("sigma_max", sigma_max)
+        if not low < high:
+            raise ValueError(f"need sigma_min < sigma_max, got sigma_min={low}, sigma_max={high}")
         self.transform = transform
         t0, t1 = self.transform(torch.as_tensor(sigma_min)), self.transform(torch.as_tensor(sigma_max))
-        if t0 == t1:
-            raise ValueError(f"sigma_min and sigma_max must differ, got {float(sigma_min)} and {float(sigma_max)}")
+        self.range = (min(float(t0), float(t1)), max(float(t0), float(t1)))
         self.tree = BatchedBrownianTree(x, t0, t1, seed)
 
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
+        low, high = self.range
+        slack = 1e-5 * max(abs(low), abs(high))  # the tree's own tolerance (1e-6) and float32 round trips
+        for name, t in (("sigma", t0), ("sigma_next", t1)):
+            if not low - slack <= float(t) <= high + slack:  # NaN fails too (torchsde would loop forever on it)
+                raise ValueError(f"{name} = {float(t)} lies outside the tree's range [{low:.6g}, {high:.6g}] "
+                                 "(after transform); build the sampler over the schedule's range")
         if t0 == t1:  # k-diffusion divides 0 by 0 here and returns NaN
             raise ValueError(f"a Brownian increment over an empty interval (sigma = sigma_next = {float(sigma)}) is "
                              "undefined: a repeated sigma needs noise_sampler=fd.default_noise_sampler(x)")

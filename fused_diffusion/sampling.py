@@ -109,6 +109,7 @@ def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_arg
 def _brownian_default(x: Tensor, sigmas: Tensor, noise_sampler: NoiseSampler | None, needed: bool) -> NoiseSampler | None:
     """k-diffusion's default noise for its SDE samplers: a Brownian tree over the schedule's range (its seed is one
     draw from the global generator). `needed` False (eta = 0 with k_diffusion_rng off) skips building it."""
+    solvers.check_input(x)
     validate_sigmas(sigmas)
     if noise_sampler is not None or not needed:
         return noise_sampler
@@ -165,6 +166,7 @@ def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed
     one with AFS on the first); `denoise_to_zero=True` then adds one call returning D(x, sigma_min). A schedule
     ending in 0 already ends with that denoise."""
     if denoise_to_zero:
+        validate_sigmas(sigmas)
         if sigmas[-1] == 0:  # sync-ok: once, before the loop
             raise ValueError("denoise_to_zero=True needs sigmas ending above 0; these end at 0, whose last step "
                              "already returns the denoised estimate")
@@ -206,7 +208,8 @@ def sample_shortcut(velocity_model: Model, x: Tensor, steps: int, extra_args: di
                     callback: Callback | None = None, disable: bool | None = None) -> Tensor:
     """Shortcut-model sampling, velocity_model(x, t[B], d[B]); steps a power of two from 1 to 128. The callback
     dict has 'x', 'i', 't' and 'denoised' (the data estimate x + (1 - t) v)."""
-    if steps not in {2**k for k in range(8)}:
+    solvers.check_input(x)
+    if check_count("steps", steps) not in {2**k for k in range(8)}:
         raise ValueError(f"shortcut models are trained for steps = 1, 2, 4, ..., 128; got {steps}")
     times = get_flow_times(steps, device=x.device)
     return solvers.sample(solvers.Shortcut(), velocity_model, x, times, extra_args, callback, disable)

@@ -52,6 +52,21 @@ def check_real(name: str, value: object, above: float | None = None, at_least: f
     return number
 
 
+def check_device(device: object) -> torch.device:
+    """A device argument as a torch.device: a torch.device, a string such as "cuda:0", or a device index."""
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"device must be a torch.device, a device string or an index, got {describe(device)}")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must name a torch device, got {device!r} ({e})") from None
+
+
+def check_has_data(name: str, value: Tensor) -> None:
+    if value.device.type == "meta":
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
+
+
 def check_alphas_cumprod(alphas_cumprod: object, name: str = "alphas_cumprod") -> Tensor:
     """A DDPM training schedule: a 1-D floating tensor of at least 2 values in (0, 1), non-increasing. Checked on
     the host once (the adapters and DDIM read it at construction, never per call)."""
@@ -61,6 +76,7 @@ def check_alphas_cumprod(alphas_cumprod: object, name: str = "alphas_cumprod") -
         raise TypeError(f"{name} must be floating point, got dtype {alphas_cumprod.dtype}")
     if alphas_cumprod.dim() != 1 or len(alphas_cumprod) < 2:
         raise ValueError(f"{name} must be a 1-D tensor of at least 2 values, got shape {tuple(alphas_cumprod.shape)}")
+    check_has_data(name, alphas_cumprod)
     host = alphas_cumprod.detach().to("cpu", torch.float64)  # sync-ok: validated once, at construction
     outside = ~((host > 0) & (host < 1))  # NaN is outside too
     if outside.any():
@@ -86,6 +102,7 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
         raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
     if not sigmas.is_floating_point():
         raise TypeError(f"sigmas must be floating point, got dtype {sigmas.dtype}")
+    check_has_data("sigmas", sigmas)
     host = sigmas.detach().to("cpu", torch.float64)  # sync-ok: schedules are validated once, before a loop
     if not torch.isfinite(host).all():
         bad = int((~torch.isfinite(host)).nonzero()[0])
@@ -104,12 +121,17 @@ def validate_sigmas(sigmas: Tensor) -> Tensor:
     return sigmas
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _check_range(n: object, sigma_min: object, sigma_max: object) -> tuple[int, float, float]:
     """(n, sigma_min, sigma_max) checked and as Python numbers (so a 0-dim tensor gives the float result)."""
     n = check_count("n", n)
     sigma_min, sigma_max = check_real("sigma_min", sigma_min), check_real("sigma_max", sigma_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if sigma_max > FLOAT32_MAX:
+        raise ValueError(f"sigma_max={sigma_max} overflows float32, the dtype schedules are made in")
     return n, sigma_min, sigma_max
 
 
@@ -124,6 +146,7 @@ def append_zero(x: Tensor) -> Tensor:
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu") -> Tensor:
     """Karras et al. (2022), eq. 5; identical to k-diffusion 0.1.1 (computed in float32 as it does)."""
+    device = check_device(device)
     n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     rho = check_real("rho", rho, above=0)
     ramp = torch.linspace(0, 1, n)
@@ -135,6 +158,7 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 def get_sigmas_polynomial(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu") -> Tensor:
     """AMED's 'polynomial' schedule: the Karras formula evaluated in float64, then stored as float32."""
+    device = check_device(device)
     n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     rho = check_real("rho", rho, above=0)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -144,6 +168,7 @@ def get_sigmas_polynomial(n: int, sigma_min: float, sigma_max: float, rho: float
 
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float, device="cpu") -> Tensor:
     """Uniform in log sigma, i.e. uniform in log-SNR (AMED's 'logsnr'); as k-diffusion 0.1.1."""
+    device = check_device(device)
     n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp()
     return validate_sigmas(append_zero(sigmas).to(device))
@@ -155,6 +180,7 @@ get_sigmas_logsnr = get_sigmas_exponential
 def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, device="cpu") -> Tensor:
     """Polynomial in log sigma: log sigma_i = log sigma_min + (1 - i/(n-1))^rho (log sigma_max - log sigma_min); as
     k-diffusion 0.1.1 (rho = 1 is the exponential schedule)."""
+    device = check_device(device)
     n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     rho = check_real("rho", rho, above=0)  # rho <= 0 turns 0 ** rho into inf or a constant schedule
     ramp = torch.linspace(1, 0, n) ** rho
@@ -164,6 +190,7 @@ def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: 
 
 def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3, device="cpu") -> Tensor:
     """Song et al. (2021) VP-SDE sigmas at uniform times t in [1, eps_s]; as k-diffusion 0.1.1."""
+    device = check_device(device)
     n, eps_s = check_count("n", n), _check_eps_s(eps_s)
     # beta(t) = beta_min + beta_d t >= 0, and not 0 throughout (then every sigma would be 0)
     beta_d, beta_min = check_real("beta_d", beta_d, at_least=0), check_real("beta_min", beta_min, at_least=0)
@@ -171,6 +198,9 @@ def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: fl
         raise ValueError("beta_d and beta_min must not both be 0 (every sigma would be 0)")
     t = torch.linspace(1, eps_s, n)
     sigmas = torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1)
+    if not torch.isfinite(sigmas[0]):
+        raise ValueError(f"beta_d={beta_d}, beta_min={beta_min} give sigma(1) = sqrt(exp(beta_d / 2 + beta_min) - 1), "
+                         "which overflows float32, the dtype schedules are made in")
     return validate_sigmas(append_zero(sigmas).to(device))
 
 
@@ -179,6 +209,7 @@ def get_sigmas_time_uniform(
 ) -> Tensor:
     """AMED's 'time_uniform': a VP schedule fitted so sigma(1) = sigma_max and sigma(eps_s) = sigma_min,
     sampled at t_i = (1 + i/(n-1) (eps_s^(1/rho) - 1))^rho (uniform in t for rho = 1)."""
+    device = check_device(device)
     n, sigma_min, sigma_max = _check_range(n, sigma_min, sigma_max)
     rho, eps_s = check_real("rho", rho, above=0), _check_eps_s(eps_s)
     log_max, log_min = math.log(sigma_max**2 + 1), math.log(sigma_min**2 + 1)
@@ -223,6 +254,7 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
 def get_sigmas_discrete(n: int, alphas_cumprod: Tensor, device="cpu") -> Tensor:
     """n sigmas of a DDPM at timesteps uniform in [T-1, 0], log-sigma interpolated (k-diffusion's
     DiscreteSchedule.get_sigmas), then 0."""
+    device = check_device(device)
     n = check_count("n", n)
     log_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).log()
     t = torch.linspace(len(log_sigmas) - 1, 0, n, dtype=torch.float64)
@@ -235,5 +267,6 @@ def get_sigmas_discrete(n: int, alphas_cumprod: Tensor, device="cpu") -> Tensor:
 
 def get_flow_times(n: int, device="cpu") -> Tensor:
     """The uniform flow grid t_0 = 0 (noise) < ... < t_n = 1 (data) used by rectified-flow and shortcut models."""
+    device = check_device(device)
     n = check_count("n", n)
     return torch.linspace(0, 1, n + 1, dtype=torch.float64).float().to(device)

@@ -241,3 +241,142 @@ def test_invalid_schedules_are_refused(gmm, noise, sigmas, which):
     ours, _ = SAMPLERS[which]
     with pytest.raises((ValueError, TypeError), match="sigmas"):
         ours(gmm, noise, sigmas, disable=True)
+
+
+class TestProbeFindings:
+    """Cases a second probe of the public API found beyond the issue's list."""
+
+    def test_tensors_without_data(self, gmm, noise):
+        with pytest.raises(ValueError, match="x must hold data, got a tensor on the meta device"):
+            fd.sample_heun(gmm, noise.to("meta"), schedule(), disable=True)
+        with pytest.raises(ValueError, match="sigmas must hold data"):
+            fd.sample_euler(gmm, noise, schedule().to("meta"), disable=True)
+
+    @pytest.mark.parametrize("sampler", [fd.sample_dpmpp_sde, fd.sample_dpmpp_2m_sde, fd.sample_dpmpp_3m_sde],
+                             ids=lambda f: f.__name__)
+    def test_sde_samplers_check_x_before_building_the_tree(self, gmm, sampler):
+        with pytest.raises(TypeError, match="x must be a torch.Tensor, got numpy.ndarray"):
+            sampler(gmm, np.zeros((2, 4)), schedule(), disable=True)
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            sampler(gmm, torch.zeros(2, 4, dtype=torch.long), schedule(), disable=True)
+
+    def test_integer_noise_from_a_noise_sampler(self, gmm, noise):
+        with pytest.raises(TypeError, match="noise_sampler returned dtype torch.int64"):
+            fd.sample_euler_ancestral(gmm, noise, schedule(), disable=True,
+                                      noise_sampler=lambda s, t: torch.ones(noise.shape, dtype=torch.long))
+
+    def test_integer_options(self, gmm, noise):
+        with pytest.raises(TypeError, match=r"order must be an integer >= 1, got True \(bool\)"):
+            fd.sample_lms(gmm, noise, schedule(), order=True, disable=True)
+        expected = fd.sample_lms(gmm, noise, schedule(), order=3, disable=True)
+        assert torch.equal(fd.sample_lms(gmm, noise, schedule(), order=np.int64(3), disable=True), expected)
+        with pytest.raises(TypeError, match=r"steps must be an integer >= 1, got True \(bool\)"):
+            fd.sample_shortcut(lambda x, t, d: x, noise, steps=True, disable=True)
+        with pytest.raises(ValueError, match="solver_type must be 'midpoint' or 'heun', got \\['midpoint'\\]"):
+            fd.sample_dpmpp_2m_sde(gmm, noise, schedule(), solver_type=["midpoint"], disable=True)
+        with pytest.raises(TypeError, match="solver must be a solver name"):
+            fd.Sampler(gmm, ["euler"], schedule())
+
+    def test_generator_type(self, gmm, noise):
+        with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got str"):
+            fd.sample_consistency(gmm, noise, schedule(), generator="seed", disable=True)
+
+    def test_dpm_adaptive_arguments_and_models(self, gmm, noise):
+        with pytest.raises(TypeError, match="model must be callable"):
+            fd.sample_dpm_adaptive("den", noise, 0.1, 10.0, disable=True)
+        with pytest.raises(TypeError, match="extra_args must be a dict"):
+            fd.sample_dpm_adaptive(gmm, noise, 0.1, 10.0, extra_args=[1], disable=True)
+        with pytest.raises(ValueError, match=r"order must be 2 or 3, got \[2\]"):
+            fd.sample_dpm_adaptive(gmm, noise, 0.1, 10.0, order=[2], disable=True)
+        with pytest.raises(ValueError, match="modified its input x in place"):
+            fd.sample_dpm_adaptive(lambda x, s: gmm(x.mul_(1.0), s), noise, 0.1, 10.0, disable=True)
+        with pytest.raises(ValueError, match="reuses one output buffer"):
+            fd.sample_dpm_adaptive(TestModelOutputs.one_buffer(gmm), noise, 0.1, 10.0, disable=True)
+
+    def test_amed_predictor_outputs(self, gmm, noise):
+        with pytest.raises(FloatingPointError, match="the AMED predictor returned non-finite values at step 0"):
+            fd.sample_amed(gmm, noise, schedule(), predictor=lambda x, s, t, a: torch.full_like(s, float("nan")),
+                           disable=True)
+        with pytest.raises(TypeError, match=r"the AMED predictor's r must be a real number, got 'half' \(str\)"):
+            fd.sample_amed(gmm, noise, schedule(), predictor=lambda x, s, t, a: "half", disable=True)
+        with pytest.raises(ValueError, match=r"r must have shape \[\] or \[8\] \(one per sample\), got \(9,\)"):
+            fd.sample_amed(gmm, noise, schedule(), predictor=lambda x, s, t, a: torch.full((9,), 0.5), disable=True)
+        with pytest.raises(TypeError, match="sigmas must be a torch.Tensor"):
+            fd.sample_amed(gmm, noise, schedule().tolist(), denoise_to_zero=True, disable=True)
+
+    def test_ipndm_refuses_a_repeated_sigma(self, gmm, noise):
+        with pytest.raises(ValueError, match=r"ipndm needs strictly decreasing sigmas: sigmas\[1\] = sigmas\[2\]"):
+            fd.sample_ipndm(gmm, noise, torch.tensor([20.0, 5.0, 5.0, 1.0, 0.0]), disable=True)
+
+    def test_flow_times(self, noise):
+        velocity = lambda x, t, d: x  # noqa: E731
+        with pytest.raises(ValueError, match="flow times must increase strictly from 0 to 1"):
+            fd.Sampler(velocity, "shortcut", torch.tensor([0.0, float("nan"), 1.0]))
+        with pytest.raises(TypeError, match="flow times must be a floating-point torch.Tensor"):
+            fd.Sampler(velocity, "shortcut", [0.0, 0.5, 1.0])
+        with pytest.raises(TypeError, match="x must be a torch.Tensor, got builtins.NoneType"):
+            fd.sample_shortcut(velocity, None, 4, disable=True)
+
+    def test_ddim_timesteps_off_the_scheduler_grid(self):
+        alphas_cumprod = fd.ddpm_alphas_cumprod(100)
+        with pytest.raises(ValueError, match=r"timesteps must be a DDIMScheduler grid for 100 training steps and 2 steps"):
+            fd.Sampler(lambda x, t: x, "ddim", torch.tensor([99, 10]), alphas_cumprod=alphas_cumprod)
+        for spacing, offset in [("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)]:
+            timesteps = fd.solvers.ddim_timesteps(100, 7, spacing, offset)
+            fd.Sampler(lambda x, t: x, "ddim", timesteps, alphas_cumprod=alphas_cumprod)  # accepted
+
+    @pytest.mark.parametrize("adapter", ["eps", "v", "flow"])
+    def test_adapters_check_the_wrapped_model(self, adapter):
+        x, sigma = torch.randn(2, 1, 4, 4), torch.full((2,), 1.0)
+
+        def wrap(inner):
+            if adapter == "flow":
+                return fd.FlowDenoiser(inner)
+            return (fd.EpsDenoiser if adapter == "eps" else fd.VDenoiser)(inner, fd.ddpm_alphas_cumprod())
+
+        with pytest.raises(ValueError, match=r"returned \w+ of shape \(1, 1, 4, 4\), expected \(2, 1, 4, 4\)"):
+            wrap(lambda x, t: torch.zeros(1, 1, 4, 4))(x, sigma)
+        with pytest.raises(TypeError, match="of dtype torch.int64, expected a floating-point tensor"):
+            wrap(lambda x, t: torch.zeros(2, 1, 4, 4, dtype=torch.long))(x, sigma)
+        with pytest.raises(TypeError, match=r"sigma must be a floating-point tensor of shape \[2\]"):
+            wrap(lambda x, t: x)(x, 1.0)
+        with pytest.raises(ValueError, match=r"sigma must have shape \[2\] \(one per sample of x\), got \(1,\)"):
+            wrap(lambda x, t: x)(x, sigma[:1])
+
+    def test_cfg_checks_the_guided_batch(self):
+        x, sigma, cond = torch.randn(2, 3), torch.ones(2), torch.zeros(2, 5)
+        wrong = fd.CFGDenoiser(lambda x, s, cond: torch.zeros(4, 6), scale=3.0)
+        with pytest.raises(ValueError, match=r"returned the guided batch \[uncond, cond\] of shape \(4, 6\), "
+                                             r"expected \(4, 3\)"):
+            wrong(x, sigma, cond=cond, uncond=cond)
+
+    def test_quantize_must_be_a_bool(self):
+        with pytest.raises(TypeError, match="quantize must be a bool"):
+            fd.EpsDenoiser(lambda x, t: x, fd.ddpm_alphas_cumprod(), quantize="no")
+
+    def test_brownian_tree_arguments_and_queries(self):
+        x = torch.zeros(2, 3)
+        with pytest.raises(ValueError, match="sigma_min must be a number|sigma_min must be finite"):
+            fd.BrownianTreeNoiseSampler(x, float("nan"), 1.0)
+        with pytest.raises(ValueError, match="sigma_max must be finite"):
+            fd.BrownianTreeNoiseSampler(x, 0.1, float("inf"))
+        with pytest.raises(TypeError, match="must be a floating-point torch.Tensor"):
+            fd.BrownianTreeNoiseSampler(np.zeros((2, 3)), 0.1, 1.0)
+        tree = fd.BrownianTreeNoiseSampler(x, 0.1, 1.0, seed=0)
+        with pytest.raises(ValueError, match=r"sigma = 5.0 lies outside the tree's range \[0.1, 1\]"):
+            tree(torch.tensor(5.0), torch.tensor(0.5))
+        with pytest.raises(ValueError, match="sigma_next = nan lies outside"):
+            tree(torch.tensor(1.0), torch.tensor(float("nan")))  # torchsde would loop forever
+        with pytest.raises(TypeError, match="must be a floating-point torch.Tensor"):
+            fd.default_noise_sampler(None)
+
+    @pytest.mark.parametrize("call,error,match", [
+        (lambda: fd.get_sigmas_karras(5, 0.1, 1e39), ValueError, "sigma_max=1e\\+39 overflows float32"),
+        (lambda: fd.get_sigmas_vp(5, beta_d=1e4), ValueError, "overflows float32"),
+        (lambda: fd.get_sigmas_karras(5, 0.1, 10.0, device=3.5), TypeError, "device must be a torch.device"),
+        (lambda: fd.get_sigmas_time_uniform(5, 0.002, 80.0, device="bogus"), ValueError,
+         "device must name a torch device, got 'bogus'"),
+    ])
+    def test_schedule_arguments(self, call, error, match):
+        with pytest.raises(error, match=match):
+            call()

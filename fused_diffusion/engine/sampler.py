@@ -61,9 +61,7 @@ class Sampler:
     ):
         if sigmas is None:
             raise ValueError("sigmas (the schedule) is required, e.g. fd.get_sigmas_karras(18, 0.002, 80.0)")
-        check_run_arguments(model, extra_args, None, None)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_run_arguments(model, extra_args, None, None, generator)
         if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
             raise ValueError(f"max_graphs must be an integer >= 1, got {max_graphs!r}")
         self.model = model

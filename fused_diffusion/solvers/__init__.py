@@ -33,6 +33,8 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
         if options:
             raise ValueError(f"options {sorted(options)} given with a solver instance; pass them to its constructor")
         return solver
+    if not isinstance(solver, str):
+        raise TypeError(f"solver must be a solver name (str) or a Solver instance, got {type(solver).__name__}")
     if solver in EAGER_ONLY:
         raise ValueError(EAGER_ONLY[solver])
     if solver not in SOLVERS:

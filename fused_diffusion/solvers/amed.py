@@ -24,8 +24,27 @@ def predict(predictor: Predictor, x: Tensor, sigma: Tensor, sigma_next: Tensor, 
     if isinstance(prediction, tuple):
         if len(prediction) != 3:
             raise ValueError(f"an AMED predictor returns r or (r, scale_dir, scale_time); got {len(prediction)} values")
+        for name, value in zip(("r", "scale_dir", "scale_time"), prediction):
+            _check_prediction(name, value, x)
         return prediction
+    _check_prediction("r", prediction, x)
     return prediction, scale_dir, scale_time
+
+
+def _check_prediction(name: str, value: object, x: Tensor) -> None:
+    """A predicted value: a real number, or a float tensor of shape [] or [B] on x's device (metadata only: no host
+    sync; the run checks tensors for NaN after the loop)."""
+    if not isinstance(value, Tensor):
+        check_real(f"the AMED predictor's {name}", value)
+        return
+    if not value.is_floating_point():
+        raise TypeError(f"the AMED predictor's {name} must be a floating-point tensor, got "
+                        f"{getattr(value, 'dtype', type(value).__name__)}")
+    if value.shape not in ((), (x.shape[0],)):
+        raise ValueError(f"the AMED predictor's {name} must have shape [] or [{x.shape[0]}] (one per sample), got "
+                         f"{tuple(value.shape)}")
+    if value.device != x.device:
+        raise ValueError(f"the AMED predictor's {name} is on {value.device}, expected x's device {x.device}")
 
 
 def amed_coefficients(sigma: Tensor, sigma_next: Tensor, r, scale_dir, scale_time, analytic: bool):
@@ -102,6 +121,7 @@ class AMED(Solver):
         sigma, sigma_next = run.value("sigma", i), run.value("sigma_next", i)
         r, scale_dir, scale_time = predict(self.predictor, x, sigma, sigma_next, denoised is None, self.scale_dir,
                                            self.scale_time)
+        run.watch_prediction(i, r, scale_dir, scale_time)
         sigma_mid, midpoint, final = amed_coefficients(sigma, sigma_next, r, scale_dir, scale_time, denoised is None)
         x_mid = ops.lincomb([x], midpoint[:, :1]) if denoised is None else ops.lincomb([x, denoised], midpoint)
         denoised_mid = run.call_with(x_mid, i, "predicted midpoint", sigma_mid)

@@ -44,6 +44,18 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading
     return torch.from_numpy(timesteps.copy())
 
 
+def is_scheduler_grid(timesteps: Tensor, num_train_timesteps: int) -> bool:
+    """Whether `timesteps` is what DDIMScheduler.set_timesteps makes for their count: a spacing's grid, 'leading'
+    shifted by a constant steps_offset."""
+    n = len(timesteps)
+    for spacing in TIMESTEP_SPACINGS:
+        grid = ddim_timesteps(num_train_timesteps, n, spacing)
+        shift = timesteps - grid
+        if (shift == shift[0]).all() and (shift[0] == 0 or spacing == "leading" and shift[0] > 0):
+            return True
+    return False
+
+
 class DDIM(Solver):
     """x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std z, std = eta sqrt((1-a_prev)/(1-a_t) (1-a_t/a_prev)).
@@ -81,6 +93,13 @@ class DDIM(Solver):
             i = int(rises.nonzero()[0])
             raise ValueError(f"timesteps must be strictly decreasing: timesteps[{i}] = {int(t[i])} <= "
                              f"timesteps[{i + 1}] = {int(t[i + 1])}")
+        if not is_scheduler_grid(t.long(), len(self.alphas_cumprod)):
+            T, n = len(self.alphas_cumprod), len(t)
+            raise ValueError(
+                f"timesteps must be a DDIMScheduler grid for {T} training steps and {n} steps ('leading' plus a "
+                f"steps_offset, 'trailing' or 'linspace'; fd.solvers.ddim_timesteps makes them): each step goes from "
+                f"t to t - {T} // {n} as diffusers' does, so another list would call the model at one timestep and "
+                f"update to another; got {t.long().tolist()}")
 
     def num_steps(self, timesteps: Tensor) -> int:
         return len(timesteps)

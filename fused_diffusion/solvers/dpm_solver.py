@@ -20,7 +20,7 @@ from .. import ops
 from ..schedules import check_real
 from .base import Solver, check_eta
 from .euler import ancestral_sigmas
-from .run import Callback, NoiseSampler, Run, check_input, checked_output
+from .run import Callback, NoiseSampler, Run, check_input, check_run_arguments, checked_output, tensor_version
 
 
 def _sigma(t: Tensor) -> Tensor:
@@ -213,7 +213,8 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
     error on the host, so this sampler runs eagerly only (one host sync per attempt), never in a CUDA graph.
     return_info: also return {'steps', 'nfe', 'n_accept', 'n_reject'}."""
     check_input(x)
-    if order not in {2, 3}:
+    check_run_arguments(model, extra_args, callback, noise_sampler)
+    if order not in (2, 3):
         raise ValueError(f"order must be 2 or 3, got {order!r}")
     sigma_min, sigma_max = check_real("sigma_min", sigma_min, above=0), check_real("sigma_max", sigma_max, above=0)
     check_sigma_range(torch.tensor([sigma_max, sigma_min]))
@@ -229,9 +230,20 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
     s, x_prev = t_start, x
 
+    attempt_outputs: list[Tensor] = []  # every output of an attempt is read by its last lincombs
+
     def denoise(u: Tensor, sigma: float) -> Tensor:
         where = f"dpm_adaptive attempt {info['steps']} (sigma={sigma:.6g})"
+        version = tensor_version(u)
         out = checked_output(model(u, x.new_full((x.shape[0],), sigma), **extra_args), u, where)
+        if version is not None and tensor_version(u) != version:
+            raise ValueError(f"{where}: the model modified its input x in place; compute on a copy")
+        if u is x:  # an attempt's first call
+            attempt_outputs.clear()
+        if any(out.data_ptr() == earlier.data_ptr() for earlier in attempt_outputs):
+            raise ValueError(f"{where}: the model returned the memory of an earlier output of this step (it reuses "
+                             "one output buffer); return a new tensor from each call, e.g. .clone() it")
+        attempt_outputs.append(out)
         pbar.update()
         return out
 

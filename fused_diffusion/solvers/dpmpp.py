@@ -192,7 +192,7 @@ class DPMpp2MSDE(MultistepSDE):
     name = "dpmpp_2m_sde"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint"):
-        if solver_type not in {"midpoint", "heun"}:
+        if solver_type not in ("midpoint", "heun"):
             raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
         super().__init__(eta, s_noise)
         self.solver_type = solver_type

@@ -75,6 +75,15 @@ class IPNDM(Solver):
     def modules(self) -> list[nn.Module]:
         return [self.predictor] if isinstance(self.predictor, nn.Module) else []
 
+    def check_schedule(self, sigmas: Tensor) -> None:
+        super().check_schedule(sigmas)
+        host = sigmas.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
+        repeats = host[1:] == host[:-1]
+        if repeats.any():  # a zero-length step would still push its derivative into the equal-step history
+            i = int(repeats.nonzero()[0])
+            raise ValueError(f"ipndm needs strictly decreasing sigmas: sigmas[{i}] = sigmas[{i + 1}] = "
+                             f"{host[i].item()} (its Adams-Bashforth weights assume equal steps; a repeat is one of 0)")
+
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
         n, top = len(sigma), self.max_order
@@ -121,6 +130,7 @@ class IPNDM(Solver):
         sigma, sigma_next = run.value("sigma", i), run.value("sigma_next", i)
         r, scale_dir, scale_time = predict(self.predictor, x, sigma, sigma_next, analytic, self.scale_dir,
                                            self.scale_time)
+        run.watch_prediction(i, r, scale_dir, scale_time)
         t_mid = sigma_next**r * sigma ** (1 - r)
         ones = torch.ones_like(t_mid)[:, None]
         past = list(reversed(run.history))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..schedules import check_count
 from .base import Solver
 from .run import Run
 
@@ -36,10 +37,10 @@ class LMS(Solver):
     name = "lms"
 
     def __init__(self, order: int = 4):
-        if not isinstance(order, int) or not 1 <= order <= 5:
+        self.order = check_count("order", order)
+        if self.order > 5:  # x and up to 5 derivatives: the lincomb's 6 inputs
             raise ValueError(f"order must be an integer from 1 to 5, got {order!r}")
-        self.order = order
-        self.history = order - 1
+        self.history = self.order - 1
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma = sigmas[:-1]

@@ -37,7 +37,7 @@ class Run:
         check_finite: bool = True,
         k_diffusion_rng: bool = False,
     ):
-        check_run_arguments(model, extra_args, callback, noise_sampler)
+        check_run_arguments(model, extra_args, callback, noise_sampler, generator)
         self.plan, self.solver, self.model = plan, plan.solver, model
         self.tables = plan.tables(like.device, table_dtype(like.dtype))
         self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
@@ -95,10 +95,10 @@ class Run:
         self._in_step = self._in_step + 1 if self.calls and self.calls[-1][0] == i else 0
         context = ModelCall(self.id, len(self.calls), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None)
         self.calls.append((i, label))
-        version = _version(x)
+        version = tensor_version(x)
         with model_call(context):
             out = checked_output(self.model(x, *inputs, **self.extra_args), x, self.where(i, label))
-        if version is not None and _version(x) != version:
+        if version is not None and tensor_version(x) != version:
             raise ValueError(f"{self.where(i, label)}: the model modified its input x in place; the solver still "
                              "reads x, so the result would be wrong: compute on a copy (x = x * c, not x.mul_(c))")
         self._check_not_reused(out, i, label)
@@ -125,6 +125,12 @@ class Run:
             self.finite_sums.append(value.sum(dtype=torch.float32))
             self.finite_sources.append(source)
 
+    def watch_prediction(self, i: int, *values: Tensor | float) -> None:
+        """Queues the finite check of a learned predictor's outputs for step i (so a NaN r is not the model's)."""
+        for value in values:
+            if isinstance(value, Tensor):
+                self._watch_finite(value, ("predictor", i, ""))
+
     def watch_inputs(self, x: Tensor) -> None:
         """Queues the finite checks of what the run starts from: x and the tensor extra_args."""
         self._watch_finite(x, ("input", -1, "x (the initial noise)"))
@@ -147,6 +153,8 @@ class Run:
                                  f"{tuple(self.shape)}")
             if z.device != self.device:
                 raise ValueError(f"step {i}: noise_sampler returned a tensor on {z.device}, expected {self.device}")
+            if not z.is_floating_point():
+                raise TypeError(f"step {i}: noise_sampler returned dtype {z.dtype}, expected standard normal floats")
             self._watch_finite(z, ("noise", i, ""))
             return z.to(self.dtype)
         if self.generator is None:
@@ -188,10 +196,12 @@ class Run:
                 raise ValueError(f"{label} contains NaN or inf")
             if kind == "noise":
                 raise FloatingPointError(f"noise_sampler returned non-finite values at step {i}")
+            if kind == "predictor":
+                raise FloatingPointError(f"the AMED predictor returned non-finite values at step {i}")
             raise FloatingPointError(f"model returned non-finite values at {self.where(i, label)}")
 
 
-def _version(t: Tensor) -> int | None:
+def tensor_version(t: Tensor) -> int | None:
     """The tensor's in-place version counter (None for inference-mode tensors, which keep none)."""
     try:
         return t._version
@@ -199,7 +209,7 @@ def _version(t: Tensor) -> int | None:
         return None
 
 
-def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sampler: Any) -> None:
+def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sampler: Any, generator: Any = None) -> None:
     if not callable(model):
         raise TypeError(f"model must be callable, model(x, sigma, **extra_args), got {type(model).__name__}")
     if extra_args is not None and not isinstance(extra_args, dict):
@@ -207,6 +217,8 @@ def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sample
     for name, value in (("callback", callback), ("noise_sampler", noise_sampler)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def checked_output(output: Any, x: Tensor, where: str) -> Tensor:
@@ -232,6 +244,8 @@ def check_input(x: Tensor, name: str = "x") -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
 
 
 @torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schedules import check_has_data, describe
 from .base import Solver
 from .run import Run
 
@@ -19,9 +20,14 @@ class Shortcut(Solver):
         return False  # a grid of timesteps / flow times, not sigmas: no denoise step
 
     def check_schedule(self, times: Tensor) -> None:
+        if not isinstance(times, Tensor) or not times.is_floating_point():
+            raise TypeError(f"flow times must be a floating-point torch.Tensor, got {describe(times)}")
+        check_has_data("flow times", times)
         t = times.detach().to("cpu", torch.float64)  # sync-ok: validated once, before the loop
-        if t.dim() != 1 or len(t) < 2 or t[0] != 0 or t[-1] != 1 or ((t[1:] - t[:-1]) <= 0).any():
-            raise ValueError(f"flow times must increase from 0 to 1, got {t.tolist()}")  # sync-ok: error path
+        if t.dim() != 1 or len(t) < 2:
+            raise ValueError(f"flow times must be a 1-D tensor of at least 2 values, got shape {tuple(t.shape)}")
+        if not torch.isfinite(t).all() or t[0] != 0 or t[-1] != 1 or ((t[1:] - t[:-1]) <= 0).any():
+            raise ValueError(f"flow times must increase strictly from 0 to 1, got {t.tolist()}")  # sync-ok: error path
 
     def tables(self, times: Tensor) -> dict[str, Tensor]:
         d = times[1:] - times[:-1]
