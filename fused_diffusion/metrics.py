@@ -37,10 +37,17 @@ def digits_classifier() -> DigitsClassifier:
 def _as_images(images: Tensor, name: str = "images") -> Tensor:
     """Images [N, 1, R, R] (any R >= 8, any float dtype and device) -> float32 CPU 8x8, clamped to [-1, 1] as
     they would be displayed."""
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-        raise ValueError(f"{name} must be a tensor of shape [N, 1, R, R], got {getattr(images, 'shape', type(images))}")
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__module__}.{type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"{name} must have shape [N, 1, R, R], got {tuple(images.shape)}")
+    if images.shape[2] < NATIVE_RESOLUTION:
+        raise ValueError(f"{name} must be at least {NATIVE_RESOLUTION}x{NATIVE_RESOLUTION} (the digits' resolution), "
+                         f"got {images.shape[2]}x{images.shape[3]}")
     if images.shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 images, got {images.shape[0]}")
+    if images.device.type == "meta":
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
     if not images.is_floating_point() or not torch.isfinite(images).all():
         raise ValueError(f"{name} must be finite floating-point values in [-1, 1]")
     return resize(images.detach().float().cpu(), NATIVE_RESOLUTION).clamp(-1, 1)
@@ -48,8 +55,12 @@ def _as_images(images: Tensor, name: str = "images") -> Tensor:
 
 def features(images: Tensor) -> Tensor:
     """The classifier's 64-d feature of each image, float64."""
+    return features_of(images, "images")
+
+
+def features_of(images: Tensor, name: str) -> Tensor:
     with torch.no_grad():
-        return digits_classifier().features(_as_images(images)).double()
+        return digits_classifier().features(_as_images(images, name)).double()
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +82,7 @@ def frechet_distance_of_features(a: Tensor, b: Tensor) -> float:
 
 def frechet_distance(images: Tensor, reference: Tensor | None = None) -> float:
     """Frechet distance of classifier features between `images` and `reference` (default: the held-out digits)."""
-    ref = heldout_features() if reference is None else features(reference)
+    ref = heldout_features() if reference is None else features_of(reference, "reference")
     return frechet_distance_of_features(features(images), ref)
 
 
@@ -86,6 +97,9 @@ def classifier_scores(images: Tensor) -> tuple[float, float]:
 
 def trajectory_error(images: Tensor, reference: Tensor) -> float:
     """Mean over samples of the per-pixel RMS distance between `images` and the reference solve of the same noise."""
+    for name, value in (("images", images), ("reference", reference)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}")
     if images.shape != reference.shape:
         raise ValueError(f"images and reference must have the same shape, got {tuple(images.shape)} and "
                          f"{tuple(reference.shape)}")

@@ -213,7 +213,7 @@ def test_distill_rejects_bad_arguments(gmm):
         fd.amed.distill(gmm, sigmas, (8,), student="heun")
     with pytest.raises(ValueError, match="teacher must be a solver name"):
         fd.amed.distill(gmm, sigmas, (8,), teacher="rk45")
-    with pytest.raises(ValueError, match="M must be an int >= 0"):
+    with pytest.raises(ValueError, match="M must be an integer >= 0"):
         fd.amed.distill(gmm, sigmas, (8,), M=-1)
     with pytest.raises(ValueError, match="scale_dir must be in"):
         fd.amed.Predictor(0, scale_dir=1.5)

@@ -380,3 +380,38 @@ class TestProbeFindings:
     def test_schedule_arguments(self, call, error, match):
         with pytest.raises(error, match=match):
             call()
+
+
+class TestOpsAndAmedArguments:
+    def test_ops_take_real_floating_data(self):
+        a = torch.randn(2, 3)
+        with pytest.raises(TypeError, match="inputs must be a list or tuple of tensors, got Tensor"):
+            ops.lincomb(a, torch.tensor([0.5, 2.0]))  # would be iterated over its rows
+        with pytest.raises(TypeError, match=r"inputs\[0\] must be a real floating-point tensor, got dtype torch.int64"):
+            ops.lincomb([a.long(), a.long()], torch.tensor([0.5, 0.5]))
+        with pytest.raises(TypeError, match="out must be a real floating-point tensor, got dtype torch.int64"):
+            ops.lincomb([a, a], torch.tensor([0.5, 0.5]), out=torch.empty(2, 3, dtype=torch.long))
+        with pytest.raises(TypeError, match="must be a real floating-point tensor, got dtype torch.complex64"):
+            ops.lincomb([a.to(torch.complex64)], torch.tensor([2.0]))
+        h, skip = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+        with pytest.raises(TypeError, match="h must be a torch.Tensor, got numpy.ndarray"):
+            ops.skip_concat(h.numpy(), skip, 0.5)
+        with pytest.raises(TypeError, match="rho must be a real tensor, got dtype torch.complex64"):
+            ops.skip_concat(h, skip, torch.tensor(0.5 + 1j))
+        with pytest.raises(TypeError, match="fresh must be a real floating-point tensor"):
+            ops.blend(a.long(), a.long(), 0.5)
+
+    def test_amed_arguments(self):
+        with pytest.raises(TypeError, match=r"calls must be an integer >= 1, got True \(bool\)"):
+            fd.amed.schedule(True, 0.1, 10.0)
+        torch.testing.assert_close(fd.amed.schedule(np.int64(5), 0.1, 10.0), fd.amed.schedule(5, 0.1, 10.0))
+        with pytest.raises(ValueError, match=r"kind must be one of .*, got \['logsnr'\]"):
+            fd.amed.schedule(5, 0.1, 10.0, kind=["logsnr"])
+        with pytest.raises(TypeError, match=r"scale_dir must be a real number, got '0.5' \(str\)"):
+            fd.amed.Predictor(scale_dir="0.5")
+        with pytest.raises(TypeError, match=r"bottleneck_dim must be an integer >= 0, got True \(bool\)"):
+            fd.amed.Predictor(bottleneck_dim=True)
+        with pytest.raises(ValueError, match="hidden_dim must be an integer >= 1, got 0"):
+            fd.amed.Predictor(bottleneck_dim=8, hidden_dim=0)
+        with pytest.raises(FileNotFoundError, match="no AMED predictor file at '/nonexistent.safetensors'"):
+            fd.amed.load("/nonexistent.safetensors")

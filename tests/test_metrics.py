@@ -115,7 +115,9 @@ def test_metrics_are_deterministic_and_accept_larger_images_and_any_device_dtype
 
 
 @pytest.mark.parametrize("bad, match", [
-    (torch.zeros(10, 8, 8), r"images must be a tensor of shape \[N, 1, R, R\], got torch.Size\(\[10, 8, 8\]\)"),
+    (torch.zeros(10, 8, 8), r"images must have shape \[N, 1, R, R\], got \(10, 8, 8\)"),
+    (torch.zeros(10, 1, 4, 4), "images must be at least 8x8"),
+    (torch.zeros(10, 1, 8, 8, device="meta"), "must hold data"),
     (torch.zeros(10, 3, 8, 8), r"\[N, 1, R, R\]"),
     (torch.zeros(1, 1, 8, 8), "at least 2 images, got 1"),
     (torch.full((4, 1, 8, 8), float("nan")), "finite"),
@@ -124,3 +126,21 @@ def test_metrics_are_deterministic_and_accept_larger_images_and_any_device_dtype
 def test_bad_images_are_refused_by_name(bad, match):
     with pytest.raises(ValueError, match=match):
         fd.metrics.evaluate(bad)
+
+
+def test_wrong_types_and_the_reference_are_named():
+    import numpy as np
+
+    with pytest.raises(TypeError, match="images must be a torch.Tensor, got numpy.ndarray"):
+        fd.metrics.frechet_distance(np.zeros((4, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"reference must have shape \[N, 1, R, R\], got \(4, 3, 8, 8\)"):
+        fd.metrics.frechet_distance(torch.zeros(4, 1, 8, 8), reference=torch.zeros(4, 3, 8, 8))
+
+
+def test_zoo_checks_device_and_dtype():
+    with pytest.raises(TypeError, match="device must be a torch.device"):
+        fd.zoo.digits(device=3.5)
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        fd.zoo.digits(dtype="float16")
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        fd.zoo.digits(dtype=torch.complex64)

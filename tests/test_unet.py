@@ -2,6 +2,7 @@
 the plain U-Net, whole sampling runs equal independent restatements (the DeepCache reference helper's rule, a
 skip scaling by torch hooks), one fused launch per skip concatenation, undo, errors, graph keys."""
 import pytest
+import numpy as np
 import torch
 from unet_models import KINDS, build
 
@@ -324,27 +325,30 @@ def test_enabling_twice_and_unsupported_models_name_the_problem():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(interval=0), "interval must be an int >= 1, got 0"),
-    (dict(interval=2.5), "interval must be an int >= 1, got 2.5"),
-    (dict(branch=-1), "branch must be an int >= 0, got -1"),
+    (dict(interval=0), "interval must be an integer >= 1, got 0"),
+    (dict(interval=2.5), r"interval must be an integer >= 1, got 2.5 \(float\)"),
+    (dict(interval=True), r"interval must be an integer >= 1, got True \(bool\)"),
+    (dict(branch=-1), "branch must be an integer >= 0, got -1"),
     (dict(branch=9), "branch 9 is beyond this U-Net: 3 levels of 2 layers allow branches 0..5"),
     (dict(mode="cubic"), "mode must be 'uniform' or 'quadratic', got 'cubic'"),
     (dict(blend=1.5), r"blend must be None or a weight in \[0, 1\], got 1.5"),
     (dict(mode="quadratic"), "mode='quadratic' needs calls"),
     (dict(mode="quadratic", calls=10, center=12), r"center must be an int in \[0, 10\), got 12"),
+    (dict(mode="quadratic", calls=True), r"calls must be an integer >= 1, got True \(bool\)"),
+    (dict(blend=True), r"blend must be a real number, got True \(bool\)"),
 ])
 def test_bad_deepcache_arguments_name_the_argument(kwargs, match):
     unet = build("plain")[0]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         fd.unet.enable_deepcache(unet, **kwargs)
     assert "_diffusers_hook" not in unet.__dict__  # nothing half-installed
 
 
 def test_bad_rho_names_the_argument():
     unet = build("plain")[0]
-    with pytest.raises(ValueError, match="rho_bottom must be a number >= 0, got -0.5"):
+    with pytest.raises(ValueError, match="rho_bottom must be >= 0, got -0.5"):
         fd.unet.enable_skip_tuning(unet, -0.5)
-    with pytest.raises(ValueError, match="rho_top must be a number >= 0, got nan"):
+    with pytest.raises(ValueError, match="rho_top must be finite, got nan"):
         fd.unet.enable_skip_tuning(unet, 0.5, float("nan"))
 
 
@@ -399,3 +403,19 @@ def test_graph_with_deepcache_and_skip_tuning_equals_eager(kind):
     eager = fd.sample_heun(den, noise, sigmas, extra_args=extra, disable=True)
     torch.testing.assert_close(sampler(noise), eager, rtol=1e-4, atol=1e-4)
     assert sampler.captures == 1
+
+
+def test_feature_configs_and_arguments():
+    unet = build("plain")[0]
+    with pytest.raises(TypeError, match="config must be a DeepCacheConfig, got str"):
+        fd.unet.apply_deepcache(unet, config="interval=3")
+    with pytest.raises(TypeError, match="config must be a SkipTuningConfig, got float"):
+        fd.unet.apply_skip_tuning(unet, config=0.5)
+    with pytest.raises(ValueError, match="rho_bottom must be finite, got inf"):
+        fd.unet.enable_skip_tuning(unet, rho_bottom=float("inf"))
+    handle = fd.unet.enable_skip_tuning(unet, rho_bottom=np.float32(0.5))  # a numpy real is a number
+    handle.disable()
+    with pytest.raises(TypeError, match=r"count \(the number of skip connections\) must be an integer >= 1, got True"):
+        fd.unet.SkipTuning(count=True, rho_bottom=0.5)
+    with pytest.raises(IndexError, match="skip connection 0.5 out of range"):
+        fd.unet.SkipTuning(2, 0.5).concat(0.5, torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2))

@@ -30,12 +30,11 @@ def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, k
     each step two calls (an AMED step, or an AMED-Plugin step), one less with AFS. As the AMED code: `kind` is
     'polynomial' (EDM's, exponent rho, default 7), 'time_uniform' (VP time, rho default 1: uniform; the paper's
     choice for AMED-Solver) or 'logsnr'."""
-    if not isinstance(calls, int) or calls < 1:
-        raise ValueError(f"calls must be an int >= 1, got {calls!r}")
+    calls = schedules.check_count("calls", calls)
     if (calls + int(afs)) % 2:
         raise ValueError(f"with afs={afs} a schedule costs {'an odd' if afs else 'an even'} number of calls (two per "
                          f"step{', one saved on the first' if afs else ''}); got calls={calls}: use afs={not afs}")
-    if kind not in SCHEDULES:
+    if not isinstance(kind, str) or kind not in SCHEDULES:
         raise ValueError(f"kind must be one of {sorted(SCHEDULES)}, got {kind!r}")
     steps = (calls + int(afs)) // 2
     options = {} if kind == "logsnr" else {"rho": rho if rho is not None else DEFAULT_RHO[kind]}
@@ -168,13 +167,12 @@ def _check(sigmas: Tensor, student: str, teacher: str, M: int, trajectories: int
     if sigmas[-1] <= 0:  # sync-ok: once
         raise ValueError("distill needs the student's schedule ending above 0 (at sigma_min, as AMED's; the step to "
                          f"0 has no midpoint to learn); got sigmas[-1] = {float(sigmas[-1])}")
-    if student not in STUDENTS:
+    if not isinstance(student, str) or student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
-    if teacher not in solvers.SOLVERS:
+    if not isinstance(teacher, str) or teacher not in solvers.SOLVERS:
         raise ValueError(f"teacher must be a solver name, one of {sorted(solvers.SOLVERS)}; got {teacher!r}")
     for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        schedules.check_count(name, value, minimum=low)
     if student == "ipndm" and max_order not in (1, 2, 3, 4):
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
     return sigmas

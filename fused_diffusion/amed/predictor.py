@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..schedules import check_count, check_real
+
 STUDENTS = ("amed", "ipndm")
 
 
@@ -95,14 +97,13 @@ class Predictor(nn.Module):
     def __init__(self, bottleneck_dim: int = 0, hidden_dim: int = 128, bottleneck_out: int = 4,
                  noise_channels: int = 8, scale_dir: float = 0.0, scale_time: float = 0.0):
         super().__init__()
-        for name, value in (("bottleneck_dim", bottleneck_dim), ("hidden_dim", hidden_dim),
-                            ("bottleneck_out", bottleneck_out)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if not isinstance(noise_channels, int) or noise_channels < 2 or noise_channels % 2:
+        check_count("bottleneck_dim", bottleneck_dim, minimum=0)
+        check_count("hidden_dim", hidden_dim)
+        check_count("bottleneck_out", bottleneck_out, minimum=0)
+        if check_count("noise_channels", noise_channels, minimum=2) % 2:
             raise ValueError(f"noise_channels must be an even int >= 2, got {noise_channels!r}")
         for name, value in (("scale_dir", scale_dir), ("scale_time", scale_time)):
-            if not 0 <= value < 1:
+            if not 0 <= check_real(name, value) < 1:
                 raise ValueError(f"{name} must be in [0, 1) (the head's range is 1 +- {name}), got {value!r}")
         self.config = {"bottleneck_dim": bottleneck_dim, "hidden_dim": hidden_dim, "bottleneck_out": bottleneck_out,
                        "noise_channels": noise_channels, "scale_dir": float(scale_dir),
@@ -237,6 +238,8 @@ class Predictor(nn.Module):
         before sampling)."""
         from ..zoo.store import read_weights
 
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"path: no AMED predictor file at {str(path)!r}")
         tensors, metadata = read_weights(path)
         missing = {"config", "student", "afs", "max_order"} - set(metadata)
         if missing or "sigmas" not in tensors:

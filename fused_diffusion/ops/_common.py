@@ -16,6 +16,18 @@ MAX_INPUTS = 6
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def check_data(**named: Tensor | None) -> None:
+    """Every data argument (None: not given) a real floating-point tensor: integer data would come back truncated,
+    complex data with its imaginary part dropped."""
+    for name, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a real floating-point tensor, got dtype {value.dtype}")
+
+
 def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
     """A device scalar ([] / [1]) or per-sample [B] vector (or [B, 1, ...], broadcastable against the data)
     as contiguous float32 [1] or [B] on like's device.
@@ -26,6 +38,8 @@ def as_scalar(value: Tensor | float, like: Tensor, name: str) -> Tensor:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a tensor or a Python number, got {type(value).__name__}")
         return torch.full((1,), float(value), dtype=torch.float32, device=like.device)
+    if not value.is_floating_point() and value.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
     if value.device != like.device:
         raise ValueError(f"{name} is on {value.device} but the data is on {like.device}; keep scalars on the data's device")
     batch = like.shape[0] if like.dim() else 1

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from . import dispatch, reference
-from ._common import as_scalar, check_same, elementwise_operands, writeback
+from ._common import as_scalar, check_data, check_same, elementwise_operands, writeback
 from .spec import OpCall, OpSpec
 
 
 def _prepare(fresh: Tensor, cached: Tensor, w: Tensor | float, out: Optional[Tensor]) -> OpCall:
+    check_data(fresh=fresh, cached=cached, out=out)
     data = [fresh, cached] + ([out] if out is not None else [])
     names = ["fresh", "cached", "out"]
     check_same(data, names, "shape")

@@ -9,12 +9,13 @@ from typing import Optional
 from torch import Tensor
 
 from . import dispatch, reference
-from ._common import as_scalar, check_concat, check_same, concat_operands, new_concat_out, writeback
+from ._common import as_scalar, check_concat, check_data, check_same, concat_operands, new_concat_out, writeback
 from .spec import OpCall, OpSpec
 
 
 def _prepare(fresh: Tensor, cached: Tensor, w: Tensor | float, skip: Tensor, rho: Tensor | float,
              b: Tensor | float | None, out: Optional[Tensor]) -> OpCall:
+    check_data(fresh=fresh, cached=cached, skip=skip, out=out)
     check_same([fresh, cached], ["fresh", "cached"], "shape")
     check_same([fresh, cached], ["fresh", "cached"], "device")
     check_concat(fresh, "fresh", skip, out)

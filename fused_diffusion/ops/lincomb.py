@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from . import dispatch, reference
-from ._common import MAX_INPUTS, check_same, elementwise_operands, writeback
+from ._common import MAX_INPUTS, check_data, check_same, elementwise_operands, writeback
 from .spec import OpCall, OpSpec
 
 
 def _check_coeffs(coeffs: Tensor, inputs: Sequence[Tensor]) -> None:
-    if not isinstance(coeffs, Tensor) or not coeffs.is_floating_point():
+    if not isinstance(coeffs, Tensor) or not coeffs.is_floating_point() or coeffs.is_complex():
         raise ValueError(f"coeffs must be a floating-point tensor on the data's device, got {coeffs!r}")
     if coeffs.dim() not in (1, 2):
         raise ValueError(f"coeffs must be [K] or per-sample [B, K], got shape {tuple(coeffs.shape)}")
@@ -33,7 +33,10 @@ def _check_coeffs(coeffs: Tensor, inputs: Sequence[Tensor]) -> None:
 
 
 def _prepare(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor]) -> OpCall:
+    if not isinstance(inputs, (list, tuple)):  # a tensor would be iterated over its rows
+        raise TypeError(f"inputs must be a list or tuple of tensors, got {type(inputs).__name__}")
     inputs = list(inputs)
+    check_data(**{f"inputs[{k}]": t for k, t in enumerate(inputs)}, out=out)
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise ValueError(f"lincomb takes 1 to {MAX_INPUTS} inputs, got {len(inputs)}")
     data = inputs + ([out] if out is not None else [])

@@ -9,11 +9,12 @@ from typing import Optional
 from torch import Tensor
 
 from . import dispatch, reference
-from ._common import as_scalar, check_concat, concat_operands, new_concat_out, writeback
+from ._common import as_scalar, check_concat, check_data, concat_operands, new_concat_out, writeback
 from .spec import OpCall, OpSpec
 
 
 def _prepare(h: Tensor, skip: Tensor, rho: Tensor | float, b: Tensor | float | None, out: Optional[Tensor]) -> OpCall:
+    check_data(h=h, skip=skip, out=out)
     check_concat(h, "h", skip, out)
     rho = as_scalar(rho, h, "rho")
     b = None if b is None else as_scalar(b, h, "b")

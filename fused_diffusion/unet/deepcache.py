@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..context import current_model_call
+from ..schedules import check_count, check_real
 from .hooks import (CachedOutputHook, ModelHook, UpBlockHook, check_unet, hook_of, registry, release_up_block_hooks,
                     remove, up_block_hooks)
 from .up_blocks import UP_BLOCKS
@@ -62,19 +63,20 @@ class DeepCacheConfig:
     full_calls: tuple[int, ...] = field(init=False, default=())
 
     def __post_init__(self):
-        for name in ("interval", "branch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "interval" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'interval' else 0}, got {value!r}")
+        check_count("interval", self.interval)
+        check_count("branch", self.branch, minimum=0)
         if self.mode not in ("uniform", "quadratic"):
             raise ValueError(f"mode must be 'uniform' or 'quadratic', got {self.mode!r}")
-        if self.blend is not None and not (isinstance(self.blend, (int, float)) and 0 <= self.blend <= 1):
-            raise ValueError(f"blend must be None or a weight in [0, 1], got {self.blend!r}")
+        if self.blend is not None:
+            check_real("blend", self.blend, at_least=0)
+            if not self.blend <= 1:
+                raise ValueError(f"blend must be None or a weight in [0, 1], got {self.blend!r}")
         if self.mode == "quadratic":
-            if not isinstance(self.calls, int) or self.calls < 1:
-                raise ValueError(f"mode='quadratic' needs calls (the model calls of one run) >= 1, got {self.calls!r}")
+            if self.calls is None:
+                raise ValueError("mode='quadratic' needs calls (the model calls of one run) >= 1, got None")
+            check_count("calls", self.calls)
             center = self.calls // 2 if self.center is None else self.center
-            if not isinstance(center, int) or not 0 <= center < self.calls:
+            if isinstance(center, bool) or not isinstance(center, int) or not 0 <= center < self.calls:
                 raise ValueError(f"center must be an int in [0, {self.calls}), got {center!r}")
             full = -(-self.calls // self.interval)
             spacing = tuple(range(self.calls)) if full >= self.calls else tuple(
@@ -207,6 +209,8 @@ class DeepCacheHandle:
 def apply_deepcache(unet: nn.Module, config: DeepCacheConfig) -> DeepCacheHandle:
     """Installs DeepCache on a diffusers U-Net (see the module docstring); returns its handle."""
     check_unet(unet, "DeepCache")
+    if not isinstance(config, DeepCacheConfig):
+        raise TypeError(f"config must be a DeepCacheConfig, got {type(config).__name__}")
     if hook_of(unet, DeepCacheUNetHook.NAME) is not None:
         raise RuntimeError("DeepCache is already enabled on this U-Net; disable() its handle first")
     for i, up in enumerate(unet.up_blocks):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..schedules import check_count, check_real
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,7 @@ class SkipTuningConfig:
 
     def __post_init__(self):
         for name in ("rho_bottom", "rho_top"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            object.__setattr__(self, name, check_real(name, getattr(self, name), at_least=0))
 
 
 def rho_profile(count: int, rho_bottom: float, rho_top: float) -> Tensor:
@@ -47,9 +46,7 @@ class SkipTuning:
     """
 
     def __init__(self, count: int, rho_bottom: float, rho_top: float = 1.0):
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a positive int (the number of skip connections), got {count!r}")
-        self.count = count
+        self.count = check_count("count (the number of skip connections)", count)
         self.config = SkipTuningConfig(rho_bottom, rho_top)
         self.rho = rho_profile(count, rho_bottom, rho_top)
 
@@ -68,7 +65,7 @@ class SkipTuning:
 
     def concat(self, i: int, h: Tensor, skip: Tensor) -> Tensor:
         """cat([h, rho_i * skip], dim=1) in one fused launch."""
-        if not 0 <= i < self.count:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.count:
             raise IndexError(f"skip connection {i} out of range for {self.count} skips")
         return ops.skip_concat(h, skip, self.rho_on(h.device)[i])
 
@@ -102,6 +99,8 @@ def apply_skip_tuning(unet: nn.Module, config: SkipTuningConfig) -> SkipTuningHa
     from .up_blocks import skip_counts
 
     check_unet(unet, "Skip-Tuning")
+    if not isinstance(config, SkipTuningConfig):
+        raise TypeError(f"config must be a SkipTuningConfig, got {type(config).__name__}")
     if any(getattr(hook_of(b, UpBlockHook.NAME), "skip_tuning", None) is not None for b in unet.up_blocks):
         raise RuntimeError("Skip-Tuning is already enabled on this U-Net; disable() its handle first")
     skip_tuning = SkipTuning(sum(skip_counts(unet)), config.rho_bottom, config.rho_top)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..models import EpsDenoiser
-from ..schedules import ddpm_alphas_cumprod
+from ..schedules import check_device, ddpm_alphas_cumprod
 from .store import WEIGHTS_DIR, read_weights
 
 DIGITS_WEIGHTS = WEIGHTS_DIR / "digits.safetensors"
@@ -66,6 +66,10 @@ def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float3
     >>> sigmas = fd.get_sigmas_karras(10, denoiser.sigma_min, denoiser.sigma_max)
     >>> images = fd.sample_dpmpp_2m(denoiser, torch.randn(16, *shape) * sigmas[0], sigmas)
     """
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, torch.float16, "
+                        f"torch.bfloat16), got {dtype!r}")
     unet, metadata = load_unet(path)
     unet = unet.to(device)
     if dtype != torch.float32:  # (diffusers warns on any dtype cast, so only when one is asked for)
