@@ -16,10 +16,19 @@ from fused_diffusion.ops import availability
 def backend_variable_problem() -> str | None:
     """Why FUSED_DIFFUSION_BACKEND is unusable as set, or None (unset, empty or a backend's name)."""
     value = os.environ.get(availability.ENV)
-    if not value or value in availability.BACKENDS:
+    if not value:
         return None
-    return (f"{availability.ENV}={value!r} is invalid; valid values are {', '.join(availability.BACKENDS)} "
-            "(or leave it unset for the automatic choice)")
+    if value not in availability.BACKENDS:
+        return (f"{availability.ENV}={value!r} is invalid; valid values are {', '.join(availability.BACKENDS)} "
+                "(or leave it unset for the automatic choice)")
+    os.environ.pop(availability.ENV)
+    try:
+        report = fd.backends()
+    finally:
+        os.environ[availability.ENV] = value
+    if value not in report["available"]:
+        return f"{availability.ENV}={value!r} names a backend that cannot run here: {report['unavailable'][value]}"
+    return None
 
 
 def print_backends(problem: str | None) -> None:

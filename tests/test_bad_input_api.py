@@ -329,3 +329,14 @@ def test_cli_other_commands_refuse_a_bad_variable_up_front(monkeypatch, capsys):
         cli.main()
     assert exit_.value.code == 2
     assert "FUSED_DIFFUSION_BACKEND='bogus' is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend can run here")
+def test_cli_refuses_a_backend_that_cannot_run_here(monkeypatch, capsys):
+    monkeypatch.setenv("FUSED_DIFFUSION_BACKEND", "cuda")
+    monkeypatch.setattr(sys, "argv", ["python -m fused_diffusion", "demo"])
+    monkeypatch.setattr(demo, "main", never_called)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert "FUSED_DIFFUSION_BACKEND='cuda' names a backend that cannot run here" in capsys.readouterr().err
