@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 import fused_diffusion as fd
+from fused_diffusion import cli_args
 from fused_diffusion.ops import availability
 
 
@@ -74,18 +75,18 @@ def main() -> None:
     t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
     t.add_argument("model", choices=["digits", "digits-classifier", "digits-amed"])
     defaults = fd.zoo.train.TrainConfig()
-    t.add_argument("--iterations", type=int, default=defaults.iterations)
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    t.add_argument("--lr", type=float, default=defaults.lr)
+    t.add_argument("--iterations", type=cli_args.count(), default=defaults.iterations)
+    t.add_argument("--batch-size", type=cli_args.count(), default=defaults.batch_size)
+    t.add_argument("--lr", type=cli_args.real(above=0), default=defaults.lr)
     t.add_argument("--seed", type=int, default=defaults.seed)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop early, saving, after this much wall time")
-    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
+    t.add_argument("--threads", type=cli_args.count(), default=None)
     t.add_argument("--workdir", default=str(defaults.workdir), help="checkpoints (resumable with --resume)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--out", default=None, help="weights file (default: the shipped one)")
     t.add_argument("--student", choices=fd.amed.predictor.STUDENTS, default="amed", help="digits-amed: the solver")
-    t.add_argument("--calls", type=int, default=5, help="digits-amed: model calls of the student")
-    t.add_argument("--trajectories", type=int, default=30_000, help="digits-amed: teacher trajectories")
+    t.add_argument("--calls", type=cli_args.count(), default=5, help="digits-amed: model calls of the student")
+    t.add_argument("--trajectories", type=cli_args.count(), default=30_000, help="digits-amed: teacher trajectories")
     sub.add_parser("backends", help="print which op backends are available and active")
     args = parser.parse_args()
     problem = backend_variable_problem()  # checked up front: every fused op would raise it later, mid-run

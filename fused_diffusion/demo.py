@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import fused_diffusion as fd
+from fused_diffusion import cli_args
 
 
 # name: (sampler, [(options, model calls of an n-step run on a schedule ending at 0)]); AMED's analytic first
@@ -195,25 +196,27 @@ def gmm_demo(args: argparse.Namespace) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gmm", action="store_true", help="the analytic Gaussian mixture instead of the digits model")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=cli_args.device, default="cuda" if torch.cuda.is_available() else "cpu")
     digits = parser.add_argument_group("digits model")
-    digits.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20], help="model-call budgets")
-    digits.add_argument("--samples", type=int, default=300)
-    digits.add_argument("--reference-samples", type=int, default=50,
+    digits.add_argument("--calls", type=cli_args.count(), nargs="+", default=[5, 10, 20], help="model-call budgets")
+    digits.add_argument("--samples", type=cli_args.count(2), default=300, help="samples per solver and budget (FD needs 2)")
+    digits.add_argument("--reference-samples", type=cli_args.count(), default=50,
                         help="how many of the samples get the 1000-call reference solve (trajectory error)")
-    digits.add_argument("--reference-calls", type=int, default=1000)
+    digits.add_argument("--reference-calls", type=cli_args.count(), default=1000)
     digits.add_argument("--seed", type=int, default=0)
     digits.add_argument("--out", default="demo", help="folder for samples.png and quality.png")
     gmm = parser.add_argument_group("Gaussian mixture (--gmm)")
-    gmm.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 40])
-    gmm.add_argument("--dim", type=int, default=64)
-    gmm.add_argument("--components", type=int, default=8)
-    gmm.add_argument("--batch", type=int, default=256)
-    gmm.add_argument("--sigma-min", type=float, default=0.002)
-    gmm.add_argument("--sigma-max", type=float, default=80.0)
+    gmm.add_argument("--steps", type=cli_args.count(), nargs="+", default=[5, 10, 20, 40])
+    gmm.add_argument("--dim", type=cli_args.count(), default=64)
+    gmm.add_argument("--components", type=cli_args.count(), default=8)
+    gmm.add_argument("--batch", type=cli_args.count(), default=256)
+    gmm.add_argument("--sigma-min", type=cli_args.real(above=0), default=0.002)
+    gmm.add_argument("--sigma-max", type=cli_args.real(above=0), default=80.0)
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.gmm and args.sigma_min >= args.sigma_max:
+        raise SystemExit(f"error: --sigma-min must be below --sigma-max, got {args.sigma_min} and {args.sigma_max}")
     if args.gmm:
         gmm_demo(args)
     else:

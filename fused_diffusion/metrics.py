@@ -50,6 +50,12 @@ def _as_images(images: Tensor, name: str = "images") -> Tensor:
         raise ValueError(f"{name} must hold data, got a tensor on the meta device")
     if not images.is_floating_point() or not torch.isfinite(images).all():
         raise ValueError(f"{name} must be finite floating-point values in [-1, 1]")
+    # values outside [-1, 1] are clamped as displayed (a diverged sampler must still score, badly); but digits have
+    # a black (-1) background, so a batch without one negative value is [0, 1] or [0, 255] pixels, not a sample
+    low, high = (float(v) for v in torch.aminmax(images))  # sync-ok: a metric reads its input once
+    if low >= 0:
+        raise ValueError(f"{name} must be scaled to [-1, 1] as the model produces them (background -1), got values "
+                         f"in [{low:g}, {high:g}]; for [0, 1] pixels pass images * 2 - 1, for [0, 255] images / 127.5 - 1")
     return resize(images.detach().float().cpu(), NATIVE_RESOLUTION).clamp(-1, 1)
 
 

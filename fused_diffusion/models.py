@@ -67,6 +67,16 @@ def _inner_output(output: Any, name: str, shape: tuple[int, ...], like: Tensor) 
     return out.to(like.dtype)
 
 
+def _in_model_dtype(x_in: Tensor, model: Callable[..., Any]) -> Tensor:
+    """The model input in the wrapped module's parameter dtype: a half-precision model under a float32 solver state
+    (the accurate mix) gets half inputs instead of failing in its first layer; the output comes back in x's dtype."""
+    if isinstance(model, nn.Module):
+        parameter = next(model.parameters(), None)
+        if parameter is not None and parameter.is_floating_point() and parameter.dtype != x_in.dtype:
+            return x_in.to(parameter.dtype)
+    return x_in
+
+
 def _rows(*columns: Tensor) -> Tensor:
     """Per-sample coefficient rows [B, K] from K vectors of shape [B]."""
     return torch.stack([c.float() for c in columns], dim=1)
@@ -114,7 +124,8 @@ class EpsDenoiser(nn.Module):
         _check_call(x, sigma)
         c_in = (sigma.float() ** 2 + 1).rsqrt()
         x_in = ops.lincomb([x], c_in[:, None])
-        eps = _inner_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs), "eps", x.shape, x)
+        eps = _inner_output(self.inner_model(_in_model_dtype(x_in, self.inner_model), self.sigma_to_t(sigma), **kwargs),
+                            "eps", x.shape, x)
         return ops.lincomb([x, eps], _rows(torch.ones_like(sigma), -sigma))
 
 
@@ -127,7 +138,8 @@ class VDenoiser(EpsDenoiser):
         sigma32 = sigma.float()
         c_in = (sigma32**2 + 1).rsqrt()
         x_in = ops.lincomb([x], c_in[:, None])
-        v = _inner_output(self.inner_model(x_in, self.sigma_to_t(sigma), **kwargs), "v", x.shape, x)
+        v = _inner_output(self.inner_model(_in_model_dtype(x_in, self.inner_model), self.sigma_to_t(sigma), **kwargs),
+                          "v", x.shape, x)
         return ops.lincomb([x, v], _rows(c_in**2, -sigma32 * c_in))
 
 
@@ -145,7 +157,8 @@ class FlowDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
         _check_call(x, sigma)
         t = 1 / (1 + sigma.float())
-        v = _inner_output(self.inner_model(ops.lincomb([x], t[:, None]), t, **kwargs), "v", x.shape, x)
+        x_in = _in_model_dtype(ops.lincomb([x], t[:, None]), self.inner_model)
+        v = _inner_output(self.inner_model(x_in, t, **kwargs), "v", x.shape, x)
         return ops.lincomb([x, v], _rows(t, sigma.float() * t))
 
 

@@ -340,3 +340,66 @@ def test_cli_refuses_a_backend_that_cannot_run_here(monkeypatch, capsys):
         cli.main()
     assert exit_.value.code == 2
     assert "FUSED_DIFFUSION_BACKEND='cuda' names a backend that cannot run here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["demo", "--calls", "0"], "argument --calls: must be an integer >= 1, got '0'"),
+    (["demo", "--calls", "5", "2.5"], "argument --calls: must be an integer >= 1, got '2.5'"),
+    (["demo", "--samples", "1"], "argument --samples: must be an integer >= 2, got '1'"),
+    (["demo", "--reference-calls", "0"], "argument --reference-calls: must be an integer >= 1, got '0'"),
+    (["demo", "--device", "bogus"], "argument --device: must be cpu or a CUDA device such as cuda:0, got 'bogus'"),
+    (["demo", "--gmm", "--components", "0"], "argument --components: must be an integer >= 1, got '0'"),
+    (["demo", "--gmm", "--dim", "-3"], "argument --dim: must be an integer >= 1, got '-3'"),
+    (["demo", "--gmm", "--batch", "0"], "argument --batch: must be an integer >= 1, got '0'"),
+    (["demo", "--gmm", "--sigma-min", "-1"], "argument --sigma-min: must be a finite number > 0, got '-1'"),
+    (["demo", "--gmm", "--sigma-max", "inf"], "argument --sigma-max: must be a finite number > 0, got 'inf'"),
+    (["train", "digits", "--iterations", "-1"], "argument --iterations: must be an integer >= 1, got '-1'"),
+    (["train", "digits", "--lr", "nan"], "argument --lr: must be a finite number > 0, got 'nan'"),
+    (["train", "digits", "--max-minutes", "0"], "argument --max-minutes: must be a finite number > 0, got '0'"),
+    (["train", "digits-amed", "--calls", "0"], "argument --calls: must be an integer >= 1, got '0'"),
+    (["train", "digits-amed", "--trajectories", "x"], "argument --trajectories: must be an integer >= 1, got 'x'"),
+])
+def test_cli_arguments_are_checked_before_any_work(arguments, message, monkeypatch, capsys):
+    monkeypatch.delenv("FUSED_DIFFUSION_BACKEND", raising=False)
+    monkeypatch.setattr(sys, "argv", ["python -m fused_diffusion", *arguments])
+    monkeypatch.setattr(demo, "main", never_called)
+    monkeypatch.setattr(cli, "train", never_called)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cli_refuses_a_cuda_device_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m fused_diffusion", "demo", "--device", "cuda"])
+    monkeypatch.setattr(demo, "main", never_called)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert "'cuda' needs a CUDA GPU and this machine has none" in capsys.readouterr().err
+
+
+def test_demo_refuses_sigma_min_above_sigma_max(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m fused_diffusion", "demo", "--gmm", "--sigma-min", "100"])
+    with pytest.raises(SystemExit, match="--sigma-min must be below --sigma-max, got 100.0 and 80.0"):
+        cli.main()
+
+
+@pytest.mark.parametrize("scale", [lambda x: (x + 1) / 2, lambda x: (x + 1) * 127.5])
+def test_metrics_refuse_pixel_scaled_images(scale):
+    images = fd.zoo.data.load_digits_split().heldout_images[:50]
+    with pytest.raises(ValueError, match=r"images must be scaled to \[-1, 1\].*images \* 2 - 1"):
+        fd.metrics.frechet_distance(scale(images))
+    assert fd.metrics.frechet_distance(images * 3) > 0  # overshooting samples are clamped and scored, not refused
+
+
+def test_a_half_precision_model_runs_under_a_float32_solver_state():
+    """The adapter gives the model its own dtype; the solver keeps x's (a float32 state with a bf16 model)."""
+    noise = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        denoiser, _, _ = fd.zoo.digits(dtype=dtype)
+        sigmas = fd.get_sigmas_karras(6, denoiser.sigma_min, denoiser.sigma_max)
+        results[dtype] = fd.sample_dpmpp_2m(denoiser, noise * sigmas[0], sigmas, disable=True)
+    assert results[torch.bfloat16].dtype == torch.float32
+    assert (results[torch.bfloat16] - results[torch.float32]).norm() < 0.05 * results[torch.float32].norm()

@@ -84,7 +84,7 @@ def test_classifier_scores_see_confidence_and_mode_collapse():
     assert fd.metrics.classifier_scores(threes)[1] == pytest.approx(0, abs=1e-12)
     two_classes = SPLIT.train_images[(SPLIT.train_labels == 3) | (SPLIT.train_labels == 7)]
     assert fd.metrics.classifier_scores(two_classes)[1] == pytest.approx(np.log(2), abs=0.02)
-    gray = torch.zeros(50, 1, 8, 8)
+    gray = torch.full((50, 1, 8, 8), -0.5)
     assert fd.metrics.classifier_scores(gray)[0] < confidence
 
 
