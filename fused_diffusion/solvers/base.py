@@ -61,6 +61,9 @@ class Solver:
     what a step launches overrides `graph_key`; one that calls modules of its own lists them in `modules`."""
 
     name: str = "solver"
+    # what the model returns: "denoised" (x0, the EDM/k-diffusion denoisers), "eps" or "velocity"; fd.sdo holds the
+    # noise-like part constant in the steps it runs without a graph
+    model_output: str = "denoised"
 
     def check_schedule(self, schedule: Tensor) -> None:
         validate_sigmas(schedule)

@@ -63,6 +63,7 @@ class DDIM(Solver):
     lincomb on [x, eps(, z)]; with clip_sample, x0 = lincomb[x, eps] is clamped, then one lincomb on [x0, eps(, z)]."""
 
     name = "ddim"
+    model_output = "eps"
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
                  clip_sample: bool = False, clip_sample_range: float = 1.0):

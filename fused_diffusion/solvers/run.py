@@ -6,7 +6,7 @@ noise source, the callback, the solver's memory of earlier steps (`history`) and
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 import torch
 from torch import Tensor
@@ -19,6 +19,20 @@ from .base import Plan, Solver, table_dtype
 
 Callback = Callable[[dict[str, Any]], None]
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
+
+
+class ConstantNoise(torch.autograd.Function):
+    """A denoised output D computed without a graph, differentiated as if its noise estimate (x - D) / sigma were
+    the constant: dD/dx = I. The forward returns D unchanged. This is what a constant epsilon (DDIM) or velocity
+    (flow) gives, so every parametrisation keeps the same linear gradient path through the steps fd.sdo skips."""
+
+    @staticmethod
+    def forward(ctx, denoised: Tensor, x: Tensor) -> Tensor:
+        return denoised.view_as(denoised)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, grad
 
 
 class Run:
@@ -36,6 +50,7 @@ class Run:
         generator: torch.Generator | None = None,
         check_finite: bool = True,
         k_diffusion_rng: bool = False,
+        grad_steps: Container[int] | None = None,
     ):
         check_run_arguments(model, extra_args, callback, noise_sampler, generator)
         self.plan, self.solver, self.model = plan, plan.solver, model
@@ -46,6 +61,9 @@ class Run:
         self.check_finite = check_finite
         # draw the random numbers k-diffusion draws but never uses, so seeded scripts keep its random stream
         self.k_diffusion_rng = k_diffusion_rng
+        # the steps whose model calls keep their autograd graph (None: all); the others run under no_grad and only
+        # the solver's linear update carries gradients through them (fd.sdo)
+        self.grad_steps = grad_steps
         self.id = new_run_id()
         # the denoised outputs of earlier steps, newest last, as many as the solver reads
         self.history: collections.deque[Tensor] = collections.deque(maxlen=max(self.solver.history, 1))
@@ -96,8 +114,11 @@ class Run:
         context = ModelCall(self.id, len(self.calls), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None)
         self.calls.append((i, label))
         version = tensor_version(x)
-        with model_call(context):
+        keep_graph = self.grad_steps is None or i in self.grad_steps
+        with model_call(context), torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
             out = checked_output(self.model(x, *inputs, **self.extra_args), x, self.where(i, label))
+        if not keep_graph and self.solver.model_output == "denoised" and x.requires_grad:
+            out = ConstantNoise.apply(out, x)
         if version is not None and tensor_version(x) != version:
             raise ValueError(f"{self.where(i, label)}: the model modified its input x in place; the solver still "
                              "reads x, so the result would be wrong: compute on a copy (x = x * c, not x.mul_(c))")

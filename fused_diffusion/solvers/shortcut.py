@@ -15,6 +15,7 @@ class Shortcut(Solver):
     The callback gets the data estimate x + (1 - t) v as 'denoised' (one more lincomb, only with a callback)."""
 
     name = "shortcut"
+    model_output = "velocity"
 
     def ends_at_zero(self, schedule: Tensor) -> bool:
         return False  # a grid of timesteps / flow times, not sigmas: no denoise step
