@@ -1,5 +1,6 @@
 """Command line: `python -m fused_diffusion demo` (the shipped digits model with every ODE solver; `--gmm` for the
-analytic Gaussian mixture), `train digits` / `train digits-classifier` / `train digits-amed` (the shipped weights), `backends`."""
+analytic Gaussian mixture), `train digits` / `digits-shortcut` / `digits-flow` / `digits-classifier` / `digits-amed`
+(the shipped weights), `backends`."""
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def train(args: argparse.Namespace) -> None:
             torch.set_num_threads(args.threads)
         print(f"wrote {train_digits_amed(args.student, args.calls, args.trajectories, args.seed, args.out and Path(args.out))}")
         return
-    cfg = train.TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            max_minutes=args.max_minutes, workdir=Path(args.workdir), threads=args.threads,
+    objective = {"digits": "ddpm", "digits-shortcut": "shortcut", "digits-flow": "flow"}[args.model]
+    cfg = train.TrainConfig(objective=objective, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
+                            workdir=Path(args.workdir or f"runs/{args.model}"),
                             **({"out": Path(args.out)} if args.out else {}))
     print(f"wrote {train.train_digits(cfg, resume=args.resume)}")
 
@@ -73,7 +76,7 @@ def main() -> None:
 
     demo.add_arguments(sub.add_parser("demo", help="sample the shipped digits model with every ODE solver"))
     t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
-    t.add_argument("model", choices=["digits", "digits-classifier", "digits-amed"])
+    t.add_argument("model", choices=["digits", "digits-shortcut", "digits-flow", "digits-classifier", "digits-amed"])
     defaults = fd.zoo.train.TrainConfig()
     t.add_argument("--iterations", type=cli_args.count(), default=defaults.iterations)
     t.add_argument("--batch-size", type=cli_args.count(), default=defaults.batch_size)
@@ -81,7 +84,7 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=defaults.seed)
     t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
     t.add_argument("--threads", type=cli_args.count(), default=None)
-    t.add_argument("--workdir", default=str(defaults.workdir), help="checkpoints (resumable with --resume)")
+    t.add_argument("--workdir", default=None, help="checkpoints (resumable with --resume; default runs/MODEL)")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--out", default=None, help="weights file (default: the shipped one)")
     t.add_argument("--student", choices=fd.amed.predictor.STUDENTS, default="amed", help="digits-amed: the solver")

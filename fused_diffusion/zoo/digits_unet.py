@@ -71,6 +71,9 @@ def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float3
         raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, torch.float16, "
                         f"torch.bfloat16), got {dtype!r}")
     unet, metadata = load_unet(path)
+    if metadata.get("objective", "ddpm") != "ddpm":
+        raise ValueError(f"{path} holds a {metadata['objective']!r} model, not an epsilon (DDPM) model: load it with "
+                         "fd.zoo.digits_shortcut(path=...)")
     unet = unet.to(device)
     if dtype != torch.float32:  # (diffusers warns on any dtype cast, so only when one is asked for)
         unet = unet.to(dtype)

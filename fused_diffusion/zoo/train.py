@@ -1,5 +1,6 @@
-"""Training of the shipped digits U-Net (`python -m fused_diffusion train digits`): DDPM epsilon loss, AdamW with
-warm-up and cosine decay, EMA weights, seeded, resumable from a checkpoint in the work directory."""
+"""Training of the shipped digits U-Nets (`python -m fused_diffusion train digits | digits-shortcut | digits-flow`):
+the DDPM epsilon loss, the shortcut objective or plain flow matching (`fd.shortcut.loss`); AdamW with warm-up and
+cosine decay, EMA weights, seeded, resumable from a checkpoint in the work directory."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import shortcut
 from ..schedules import ddpm_alphas_cumprod
 from .data import load_digits_split
 from .digits_unet import DIGITS_WEIGHTS, SCHEDULE, build_unet, unet_config
-from .store import save_weights
+from .store import WEIGHTS_DIR, save_weights
+
+# objective -> the file it ships as
+WEIGHTS = {"ddpm": DIGITS_WEIGHTS, "shortcut": WEIGHTS_DIR / "digits_shortcut.safetensors",
+           "flow": WEIGHTS_DIR / "digits_flow.safetensors"}
 
 
 @dataclass
 class TrainConfig:
+    objective: str = "ddpm"  # "ddpm" (epsilon loss), "shortcut" (fd.shortcut.loss) or "flow" (its flow part only)
     resolution: int = 8
     channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
@@ -32,7 +39,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop early (checkpoint + export) once this much wall time has passed
     checkpoint_every: int = 500
     workdir: Path = Path("runs/digits")
-    out: Path = DIGITS_WEIGHTS
+    out: Path | None = None  # default: the shipped file of the objective (WEIGHTS)
     threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -45,6 +52,8 @@ def _checkpoint(path: Path, **state) -> None:
 
 def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Trains (or resumes) and writes the EMA weights to cfg.out; returns that path."""
+    if cfg.objective not in WEIGHTS:
+        raise ValueError(f"objective must be one of {sorted(WEIGHTS)}, got {cfg.objective!r}")
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -54,7 +63,11 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     generator = torch.Generator().manual_seed(cfg.seed)
     images = load_digits_split(cfg.resolution).train_images
     config = unet_config(cfg.resolution, cfg.channels, cfg.layers_per_block)
+    if cfg.objective != "ddpm":
+        config = shortcut.ShortcutUNet.unet_config(config)
     unet = build_unet(config).train()
+    if cfg.objective != "ddpm":
+        velocity = shortcut.ShortcutUNet(unet, step_conditioned=cfg.objective == "shortcut")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.iterations)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -80,15 +93,19 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                     generator=generator.get_state(), step=step, elapsed=elapsed)
 
     start = time.perf_counter() - elapsed
-    bar = tqdm(total=cfg.iterations, initial=step, desc="digits U-Net", unit="it", disable=not progress)
+    bar = tqdm(total=cfg.iterations, initial=step, desc=f"digits U-Net ({cfg.objective})", unit="it",
+               disable=not progress)
     smoothed = None
     while step < cfg.iterations:
         batch = images[torch.randint(len(images), (cfg.batch_size,), generator=generator)]
-        t = torch.randint(len(alphas_cumprod), (cfg.batch_size,), generator=generator)
-        noise = torch.randn(batch.shape, generator=generator)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * batch + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(noisy, t).sample, noise)
+        if cfg.objective == "ddpm":
+            t = torch.randint(len(alphas_cumprod), (cfg.batch_size,), generator=generator)
+            noise = torch.randn(batch.shape, generator=generator)  # after t: the shipped model's random stream
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            loss = F.mse_loss(unet(a.sqrt() * batch + (1 - a).sqrt() * noise, t).sample, noise)
+        else:
+            loss = shortcut.loss(velocity, batch, torch.randn(batch.shape, generator=generator), generator=generator,
+                                 bootstrap_fraction=0.25 if cfg.objective == "shortcut" else 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,7 +128,8 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     info = {"iterations": step, "train_minutes": round(elapsed / 60, 2), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
             "torch": torch.__version__, "threads": torch.get_num_threads(), **cfg.extra}
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(cfg.out, unet.state_dict(), config=config, schedule=SCHEDULE, info=info)
+    out = cfg.out or WEIGHTS[cfg.objective]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, unet.state_dict(), config=config, schedule=SCHEDULE, objective=cfg.objective, info=info)
     ema.restore(unet.parameters())
-    return cfg.out
+    return out
