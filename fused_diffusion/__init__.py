@@ -1,5 +1,5 @@
 """fused_diffusion: fused-kernel, CUDA-graph-captured samplers for diffusion and flow models."""
-from . import amed, metrics, zoo
+from . import amed, analytic_dpm, metrics, sdo, shortcut, zoo
 from .context import ModelCall, current_model_call, model_call
 from .gmm import GaussianMixture
 from .engine import Sampler
@@ -10,6 +10,7 @@ from .sampling import (sample_amed, sample_consistency, sample_ddim, sample_dpm_
                        sample_dpm_adaptive, sample_dpm_fast, sample_dpmpp_2m, sample_dpmpp_2m_sde,
                        sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_euler,
                        sample_euler_ancestral, sample_heun, sample_ipndm, sample_lms, sample_shortcut)
+from .solvers.analytic_dpm import sample_analytic_dpm
 from .schedules import (ddpm_alphas_cumprod, get_flow_times, get_sigmas_discrete, get_sigmas_exponential,
                         get_sigmas_karras, get_sigmas_logsnr, get_sigmas_polyexponential, get_sigmas_polynomial,
                         get_sigmas_time_uniform, get_sigmas_vp, sigmas_from_alphas_cumprod)
@@ -32,11 +33,11 @@ K_DIFFUSION_SAMPLERS = (
 )
 
 __all__ = [
-    "amed", "BrownianTreeNoiseSampler", "CFGDenoiser", "EpsDenoiser", "FlowDenoiser", "GaussianMixture",
+    "amed", "analytic_dpm", "BrownianTreeNoiseSampler", "CFGDenoiser", "EpsDenoiser", "FlowDenoiser", "GaussianMixture",
     "K_DIFFUSION_SAMPLERS", "ModelCall", "Sampler", "VDenoiser", "backends", "current_model_call",
     "ddpm_alphas_cumprod", "default_noise_sampler", "get_flow_times", "get_sigmas_discrete", "get_sigmas_exponential",
     "get_sigmas_karras", "get_sigmas_logsnr", "get_sigmas_polyexponential", "get_sigmas_polynomial",
     "get_sigmas_time_uniform", "get_sigmas_vp", "metrics", "model_call", *K_DIFFUSION_SAMPLERS, "sample_amed",
-    "sample_consistency", "sample_ddim", "sample_ipndm", "sample_shortcut", "sigmas_from_alphas_cumprod", "unet",
-    "zoo",
+    "sample_analytic_dpm", "sample_consistency", "sample_ddim", "sample_ipndm", "sample_shortcut", "sdo", "shortcut",
+    "sigmas_from_alphas_cumprod", "unet", "zoo",
 ]

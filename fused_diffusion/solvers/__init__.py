@@ -2,6 +2,7 @@
 import inspect
 
 from .amed import AMED
+from .analytic_dpm import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
 from .base import DeviceTables, Plan, Solver
 from .consistency import Consistency
 from .ddim import DDIM, ddim_timesteps

@@ -1,0 +1,325 @@
+"""Analytic-DPM (Bao, Li, Zhu, Zhang, ICLR 2022, "Analytic-DPM: an Analytic Estimate of the Optimal Reverse Variance
+in Diffusion Probabilistic Models"): the optimal variance of each reverse step of a pretrained epsilon model is known
+in closed form given one number per timestep,
+
+    Γ_n = E_{q(x_n)} ||ε_θ(x_n, n)||² / d,
+
+which `estimate_gamma` measures once per model and schedule by Monte Carlo over the training data (cached in memory,
+and on disk with `GammaEstimate.save` / `load`). `optimal_variance` turns it into the reverse variances of a skipped
+timestep sequence (Theorem 1, with the Theorem 2 bounds), and `fd.sample_analytic_dpm` (solvers/analytic_dpm.py)
+samples with them.
+
+Timesteps are the model's own indices t = 0 .. T-1 (diffusers' convention, ᾱ_t = alphas_cumprod[t]); the paper's
+index is n = t + 1, its ᾱ_0 = 1 being the data. Γ here is the paper code's `ms_eps` (the mean square of ε_θ); the
+paper's own Γ_n is the mean square of the score, ms_eps / β̄_n.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .models import unwrap_output
+from .schedules import check_alphas_cumprod, check_count, check_real, describe
+
+FILE_KIND = "fused_diffusion.analytic_dpm.GammaEstimate"
+
+
+@dataclass(eq=False)
+class GammaEstimate:
+    """Γ_t = E||ε_θ(x_t, t)||² / d at `timesteps` (increasing int64), with the Monte-Carlo standard error of each
+    value and the number of samples per timestep it was averaged over."""
+
+    timesteps: Tensor
+    gamma: Tensor
+    stderr: Tensor
+    samples: int
+
+    def __post_init__(self) -> None:
+        self.timesteps = check_timesteps("timesteps", self.timesteps, order="increasing")
+        for name in ("gamma", "stderr"):
+            value = getattr(self, name)
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {describe(value)}")
+            value = value.detach().to("cpu", torch.float64)
+            if value.shape != self.timesteps.shape:
+                raise ValueError(f"{name} must have one value per timestep, shape {tuple(self.timesteps.shape)}, "
+                                 f"got shape {tuple(value.shape)}")
+            bad = ~(torch.isfinite(value) & (value >= 0))  # a mean square and its error: finite, never negative
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"{name} must be finite and >= 0, got {name}[{i}] = {value[i].item()} at timestep "
+                                 f"{int(self.timesteps[i])}")
+            setattr(self, name, value)
+        self.samples = check_count("samples", self.samples)
+
+    def at(self, timesteps: Tensor | Sequence[int]) -> Tensor:
+        """Γ at `timesteps` (float64), or an error naming the timesteps this estimate does not cover."""
+        wanted = check_timesteps("timesteps", timesteps)
+        index = torch.searchsorted(self.timesteps, wanted).clamp_max(len(self.timesteps) - 1)
+        missing = wanted[self.timesteps[index] != wanted]
+        if len(missing):
+            raise ValueError(
+                f"gamma does not cover timesteps {_list(missing.unique())} ({len(missing.unique())} of the "
+                f"{len(wanted.unique())} used); it holds Γ at {_list(self.timesteps)}: estimate it with "
+                "estimate_gamma(..., timesteps=None) (every training timestep) or with these timesteps included")
+        return self.gamma[index]
+
+    def save(self, path: str | Path) -> None:
+        """Writes the estimate as a safetensors file."""
+        from safetensors.torch import save_file
+
+        save_file({"timesteps": self.timesteps, "gamma": self.gamma, "stderr": self.stderr}, str(path),
+                  metadata={"kind": FILE_KIND, "samples": str(self.samples)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GammaEstimate":
+        """Reads an estimate written by `save`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no Γ estimate at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for each kind of damage
+            raise ValueError(f"cannot read the Γ estimate {path}: {type(e).__name__}: {e}") from e
+        if metadata.get("kind") != FILE_KIND or set(tensors) != {"timesteps", "gamma", "stderr"}:
+            raise ValueError(f"{path} is not a Γ estimate written by GammaEstimate.save (metadata {metadata}, "
+                             f"tensors {sorted(tensors)})")
+        return cls(tensors["timesteps"], tensors["gamma"], tensors["stderr"], int(metadata["samples"]))
+
+
+def check_timesteps(name: str, timesteps: object, num_train_timesteps: int | None = None,
+                    order: str | None = None) -> Tensor:
+    """Integer timesteps (a 1-D tensor or a sequence of ints) as a CPU int64 tensor: non-empty, >= 0, below
+    `num_train_timesteps` when given, and strictly "increasing" or "decreasing" when `order` says so."""
+    if isinstance(timesteps, Tensor):
+        values = timesteps.detach().to("cpu")  # sync-ok: validated once, before any work
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+    elif isinstance(timesteps, (list, tuple, range)) and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in timesteps):
+        values = torch.tensor(list(timesteps), dtype=torch.int64)
+    else:
+        raise TypeError(f"{name} must be a 1-D tensor or a sequence of integer timesteps, got {describe(timesteps)}")
+    if values.dim() != 1 or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {tuple(values.shape)}")
+    as_float = values.to(torch.float64)
+    top = math.inf if num_train_timesteps is None else num_train_timesteps - 1
+    bad = ~((as_float >= 0) & (as_float <= top) & (as_float == as_float.round()))  # NaN is bad too
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        where = "" if num_train_timesteps is None else f" in [0, {num_train_timesteps - 1}]"
+        raise ValueError(f"{name}[{i}] = {values[i].item()} must be an integer{where}")
+    values = as_float.long()
+    if order is not None:
+        wrong = values[1:] <= values[:-1] if order == "increasing" else values[1:] >= values[:-1]
+        if wrong.any():
+            i = int(wrong.nonzero()[0])
+            raise ValueError(f"{name} must be strictly {order}: {name}[{i}] = {int(values[i])}, "
+                             f"{name}[{i + 1}] = {int(values[i + 1])}")
+    return values
+
+
+def check_data_range(data_range: object) -> tuple[float, float] | None:
+    """None (unbounded data) or (low, high) with low < high."""
+    if data_range is None:
+        return None
+    if not isinstance(data_range, (tuple, list)) or len(data_range) != 2:
+        raise TypeError(f"data_range must be None or a pair (low, high), got {describe(data_range)}")
+    low, high = check_real("data_range[0]", data_range[0]), check_real("data_range[1]", data_range[1])
+    if not low < high:
+        raise ValueError(f"data_range must have low < high, got ({low}, {high})")
+    return low, high
+
+
+def check_eta(eta: object) -> float:
+    """DDIM's η in [0, 1]: λ² = η² β̃ must stay below β̄ of the step's end (the square root of the mean's ε
+    coefficient), which η <= 1 guarantees on any schedule."""
+    eta = check_real("eta", eta, at_least=0)
+    if eta > 1:
+        raise ValueError(f"eta must be in [0, 1] (lambda^2 = eta^2 * the DDPM posterior variance), got {eta}")
+    return eta
+
+
+def _list(values: Tensor, limit: int = 12) -> str:
+    """Integer timesteps for a message: a range when contiguous, else the first few."""
+    items = values.tolist()
+    if len(items) > 2 and items == list(range(items[0], items[-1] + 1)):
+        return f"{items[0]}..{items[-1]}"
+    return str(items) if len(items) <= limit else f"[{', '.join(map(str, items[:limit]))}, ...]"
+
+
+def optimal_variance(alphas_cumprod: Tensor, timesteps: Tensor | Sequence[int], gamma: GammaEstimate | Tensor,
+                     eta: float = 1.0, *, data_range: tuple[float, float] | None = (-1.0, 1.0),
+                     clip: bool = True) -> Tensor:
+    """The optimal reverse variance of each step of a skipped sampling run (float64, computed on the host).
+
+    `timesteps` are the run's decreasing timesteps t_1 > ... > t_K; step k goes from r = t_k to s = t_{k+1}, the last
+    step to the data (ᾱ_s = 1). `gamma` is a GammaEstimate, or Γ at `timesteps` (one value each). The reverse
+    process is DDIM's family with λ² = η² β̃, β̃ = (β̄_s / β̄_r)(1 - ᾱ_r / ᾱ_s) the DDPM posterior variance
+    (η = 1: the paper's Analytic-DDPM; η = 0: Analytic-DDIM). Theorem 1, on a skipped sequence τ_1 < ... < τ_K:
+
+        σ*² = λ² + (sqrt(β̄_r / α_{r|s}) - sqrt(β̄_s - λ²))² (1 - Γ_r),   α_{r|s} = ᾱ_r / ᾱ_s, β̄ = 1 - ᾱ,
+
+    computed as λ² + (sqrt(ᾱ_s) - sqrt((β̄_s - λ²) ᾱ_r / β̄_r))² Cov_r with Cov_r = (β̄_r / ᾱ_r)(1 - Γ_r), the
+    estimate of E tr Cov[x_0 | x_r] / d. With `clip` (Theorem 2) Cov_r is clipped into [0, β̄_r / ᾱ_r], i.e. σ² into
+    [λ², λ² + (sqrt(β̄_r / α_{r|s}) - sqrt(β̄_s - λ²))²], and for data in [a, b] (`data_range`, None: unbounded)
+    Cov_r further to at most ((b - a) / 2)², as the authors' code clips it to 1 for data in [-1, 1]. The last
+    step's value (the variance of p(x_0 | x_{t_K}), the paper's likelihood decoder) is returned too; sampling returns
+    that step's mean instead.
+    """
+    ac = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
+    t = check_timesteps("timesteps", timesteps, len(ac), order="decreasing")
+    eta = check_eta(eta)
+    data_range = check_data_range(data_range)
+    if isinstance(gamma, GammaEstimate):
+        g = gamma.at(t)
+    elif isinstance(gamma, Tensor):
+        g = gamma.detach().to("cpu", torch.float64)
+        if g.shape != t.shape:
+            raise ValueError(f"gamma must be a GammaEstimate or one value per timestep, shape {tuple(t.shape)}, got "
+                             f"shape {tuple(g.shape)}")
+        if not torch.isfinite(g).all():
+            i = int((~torch.isfinite(g)).nonzero()[0])
+            raise ValueError(f"gamma must be finite, got gamma[{i}] = {g[i].item()} at timestep {int(t[i])}")
+    else:
+        raise TypeError(f"gamma must be a GammaEstimate or a tensor of Γ at the timesteps, got {describe(gamma)}")
+    if not isinstance(clip, bool):
+        raise TypeError(f"clip must be a bool, got {describe(clip)}")
+
+    a_r = ac[t]
+    a_s = torch.cat([ac[t[1:]], a_r.new_ones(1)])
+    b_r, b_s = 1 - a_r, 1 - a_s
+    lambda2 = eta**2 * b_s / b_r * (1 - a_r / a_s)
+    coeff = (a_s.sqrt() - ((b_s - lambda2).clamp_min(0) * a_r / b_r).sqrt()) ** 2
+    cov = b_r / a_r * (1 - g)
+    if clip:
+        upper = b_r / a_r
+        if data_range is not None:
+            upper = upper.clamp_max(((data_range[1] - data_range[0]) / 2) ** 2)
+        cov = torch.minimum(cov.clamp_min(0), upper)
+    return lambda2 + coeff * cov
+
+
+# estimate_gamma's in-memory cache: key -> (is the key's model and data still the same objects, estimate)
+_CACHE: dict[Hashable, tuple[Callable[[], bool], GammaEstimate]] = {}
+
+
+def clear_cache() -> None:
+    """Forgets every cached Γ estimate."""
+    _CACHE.clear()
+
+
+@torch.no_grad()
+def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: Tensor,
+                   timesteps: Tensor | Sequence[int] | None = None, *, samples_per_step: int = 100,
+                   batch_size: int = 500, generator: torch.Generator | None = None, cache: bool = True,
+                   disable: bool | None = None) -> GammaEstimate:
+    """Γ_t = E_{q(x_t)} ||ε_θ(x_t, t)||² / d by Monte Carlo (the expectation in Analytic-DPM's Theorem 1, as the
+    authors' code estimates it, `ms_eps`): per timestep, `samples_per_step` draws x_t = sqrt(ᾱ_t) x_0 +
+    sqrt(1 - ᾱ_t) ε with x_0 drawn with replacement from `data` (training samples [N, ...], on the model's device)
+    and ε standard normal, both from `generator`. The model is called as eps_model(x, t[B]) with integer timesteps
+    (fd.sample_ddim's convention), in batches of `batch_size` that may mix timesteps. `timesteps`: those to
+    estimate (default: all T training timesteps; a sampler needs the ones it visits). The authors average over the whole training set once per
+    timestep; the returned standard errors say whether `samples_per_step` is enough.
+
+    Once per model and schedule: the result is cached in memory, keyed by the model object, a version of its
+    parameters and buffers (in-place edits, replaced tensors), alphas_cumprod's values, the timesteps, the sample
+    count and the data tensor (object and version). A second call with the same key returns the cached object
+    without calling the model, whatever its generator or batch_size. A model that is a plain function around a
+    module cannot be watched for weight edits: pass the module (or its bound method), or `cache=False`.
+    """
+    if not callable(eps_model):
+        raise TypeError(f"eps_model must be callable, eps_model(x, t[B]) -> eps, got {describe(eps_model)}")
+    ac = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
+    if not isinstance(data, Tensor) or not data.is_floating_point():
+        raise TypeError(f"data must be a floating-point tensor of training samples [N, ...], got {describe(data)}")
+    if data.dim() < 2 or data.shape[0] == 0 or data[0].numel() == 0:
+        raise ValueError(f"data must be a non-empty batch of samples [N, ...], got shape {tuple(data.shape)}")
+    if not torch.isfinite(data).all():  # sync-ok: the data is read once, before any model call
+        raise ValueError("data contains NaN or inf")
+    t = torch.arange(len(ac)) if timesteps is None else check_timesteps("timesteps", timesteps, len(ac))
+    t = t.unique()  # sorted, once each
+    samples = check_count("samples_per_step", samples_per_step, minimum=2)  # two at least: a standard error
+    batch_size = check_count("batch_size", batch_size)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be a bool, got {describe(cache)}")
+
+    key, alive = _cache_key(eps_model, ac, t, samples, data) if cache else (None, None)
+    hit = _CACHE.get(key) if alive is not None else None
+    if hit is not None and hit[0]():
+        return hit[1]
+    values = _mean_squares(eps_model, ac, data, t.repeat_interleave(samples), batch_size, generator, disable)
+    values = values.view(len(t), samples)
+    bad = ~torch.isfinite(values).all(1)
+    if bad.any():
+        raise FloatingPointError(f"eps_model returned non-finite values at timesteps {_list(t[bad])}")
+    estimate = GammaEstimate(t, values.mean(1), values.std(1) / math.sqrt(samples), samples)
+    if alive is not None:
+        for stale in [k for k, (still, _) in _CACHE.items() if not still()]:
+            del _CACHE[stale]
+        _CACHE[key] = (alive, estimate)
+    return estimate
+
+
+def _mean_squares(eps_model: Callable[..., Any], ac: Tensor, data: Tensor, pairs: Tensor, batch_size: int,
+                  generator: torch.Generator | None, disable: bool | None) -> Tensor:
+    """||ε_θ(x_t, t)||² / d (float64, on the host) for one fresh draw per entry of `pairs` (a timestep each)."""
+    device, shape = data.device, data.shape[1:]
+    draw_device = generator.device if generator is not None else device
+    out = torch.empty(len(pairs), dtype=torch.float64, device=device)
+    for start in tqdm(range(0, len(pairs), batch_size), disable=disable, desc="Γ"):
+        t = pairs[start : start + batch_size]
+        index = torch.randint(len(data), (len(t),), generator=generator, device=draw_device).to(device)
+        noise = torch.randn((len(t), *shape), generator=generator, dtype=data.dtype, device=draw_device).to(device)
+        a = ac[t].reshape(-1, *[1] * len(shape))
+        x = (a.sqrt().to(device, data.dtype) * data[index] + (1 - a).sqrt().to(device, data.dtype) * noise)
+        eps = unwrap_output(eps_model(x, t.to(device)))
+        if not isinstance(eps, Tensor) or eps.shape != x.shape:
+            raise ValueError(f"eps_model returned {describe(eps)} for x of shape {tuple(x.shape)}; expected the same "
+                             "shape (an epsilon prediction)")
+        out[start : start + len(t)] = eps.detach().to(torch.float64).flatten(1).square().mean(1)
+    return out.cpu()  # sync-ok: once, after the estimate
+
+
+def _weights_version(owner: object) -> Hashable:
+    """A module's parameters and buffers as (sum of version counters, data pointers): in-place edits and replaced
+    tensors both change it (DESIGN rule 5). Nothing for a callable that is no module."""
+    if not isinstance(owner, nn.Module):
+        return None
+    tensors = [*owner.parameters(), *owner.buffers()]
+    version = sum(0 if p.is_inference() else p._version for p in tensors)  # inference tensors keep no counter
+    return version, tuple(p.data_ptr() for p in tensors)
+
+
+def _cache_key(eps_model: Callable[..., Any], ac: Tensor, t: Tensor, samples: int,
+               data: Tensor) -> tuple[Hashable, Callable[[], bool] | None]:
+    """(key, a check that the key's model and data are still the objects it was made for), or (key, None) when the
+    model takes no weak reference (then nothing is cached)."""
+    method = inspect.ismethod(eps_model)
+    owner = eps_model.__self__ if method else eps_model
+    identity = (id(owner), id(eps_model.__func__)) if method else id(eps_model)
+    version = 0 if data.is_inference() else data._version
+    key = (identity, _weights_version(owner), ac.numpy().tobytes(), t.numpy().tobytes(), samples, id(data),
+           version, data.data_ptr(), tuple(data.shape), data.dtype, data.device)
+    try:
+        model_ref = weakref.WeakMethod(eps_model) if method else weakref.ref(eps_model)
+    except TypeError:
+        return key, None
+    data_ref = weakref.ref(data)
+    # an id names one object only while it lives: the key holds while both the model and the data are alive
+    return key, lambda: model_ref() is not None and data_ref() is not None
