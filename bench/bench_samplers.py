@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fused_diffusion as fd  # noqa: E402
 import reference_samplers as ref  # noqa: E402
-from bench_digits import write_csv  # noqa: E402
+from bench_digits import save_grid, write_csv  # noqa: E402
 from fused_diffusion import demo, metrics  # noqa: E402
 from fused_diffusion.ops import count_op_launches  # noqa: E402
 
@@ -93,7 +93,8 @@ def quality(args: argparse.Namespace) -> None:
             record(name, budget, calls, lambda: sampler(denoiser, noise * sigmas[0], sigmas, disable=True))
     write_csv("samplers_digits", rows)
     plot(rows, RESULTS / "samplers_digits_cpu.png")
-    save_grid(pictures, args.budgets, RESULTS / "samplers_digits_cpu_samples.png")
+    save_grid({key: images for key, images in pictures.items() if not key[0].startswith("dpm_adaptive")},
+              args.budgets, RESULTS / "samplers_digits_cpu_samples.png", "calls")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -118,29 +119,6 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
-
-
-def save_grid(pictures: dict, budgets: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(dict.fromkeys(name for name, _ in pictures if not name.startswith("dpm_adaptive")))
-    fig, axes = plt.subplots(len(names), len(budgets), figsize=(1.8 * len(budgets), 1.8 * len(names)), squeeze=False)
-    for i, name in enumerate(names):
-        for j, budget in enumerate(budgets):
-            ax = axes[i, j]
-            ax.axis("off")
-            if (name, budget) in pictures:
-                ax.imshow(demo.image_grid(pictures[name, budget], 6), cmap="gray", vmin=0, vmax=1)
-            if i == 0:
-                ax.set_title(f"{budget} calls", fontsize=8)
-            if j == 0:
-                ax.text(-0.05, 0.5, name, fontsize=7, ha="right", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 

@@ -6,6 +6,7 @@
 #   bash bench/gpu_check.sh loop ddpm-cifar10 1   # bench_loop for one model and batch (with two torch.compile
 #   bash bench/gpu_check.sh loop ddpm-cifar10 128 #   setups a case takes minutes): also sd15 1 and sd15 8
 #   bash bench/gpu_check.sh unet        # bench_unet: DeepCache / Skip-Tuning inside the graph, fused concat
+#   bash bench/gpu_check.sh sdo         # bench_sdo cost: SDO against full backprop, time and CUDA peak memory
 #   bash bench/gpu_check.sh all         # everything in one go (longer than one device command allows)
 # Each stage ends with a short table of what it measured.
 set -euo pipefail
@@ -48,7 +49,12 @@ case $stage in
   test|all)
     FUSED_DIFFUSION_REQUIRE_EXT=1 python3 -m pytest -q -m gpu -p no:cacheprovider
     python3 -m pytest -q -x -p no:cacheprovider tests/test_solvers.py tests/test_k_diffusion_samplers.py \
-      tests/test_ipndm.py tests/test_amed.py tests/test_graph.py tests/test_models.py
+      tests/test_ipndm.py tests/test_amed.py tests/test_graph.py tests/test_models.py tests/test_sdo.py \
+      tests/test_shortcut.py tests/test_analytic_dpm.py
+    ;;&
+  sdo|all)
+    python3 bench/bench_sdo.py cost --device cuda
+    table "bench/results/sdo_cost_NVIDIA*.csv"
     ;;&
   ops|all)
     python3 bench/bench_ops.py
@@ -63,6 +69,6 @@ case $stage in
     for case in "ddpm-cifar10 1" "ddpm-cifar10 128" "sd15 1" "sd15 8"; do loop $case; done
     ;;
   loop) loop "${2:?model}" "${3:?batch}" ;;
-  test|ops|unet) ;;
-  *) echo "unknown stage $stage: test | ops | unet | loop MODEL BATCH | all"; exit 2 ;;
+  test|ops|unet|sdo) ;;
+  *) echo "unknown stage $stage: test | ops | unet | sdo | loop MODEL BATCH | all"; exit 2 ;;
 esac

@@ -58,6 +58,11 @@ def replace_between_markers(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body.strip()}\n{end}{tail}"
 
 
+def provenance(row: dict) -> str:
+    """Where a CSV's figures come from: machine, threads, torch, date and the command."""
+    return f"{row['machine']}, {row['threads']} threads, torch {row['torch']}, {row['date']}: `{row['command']}`."
+
+
 def quality_table() -> str:
     """FD of the digits model against model calls, from bench_quality.py."""
     rows = read_csv(RESULTS / "quality_digits_cpu.csv")
@@ -67,8 +72,7 @@ def quality_table() -> str:
               "amed_plugin": "AMED-Plugin (iPNDM)"}
     return (f"FD of {floor['samples']} digits samples against model calls (train-split floor "
             f"{significant(float(floor['fd']))}; the best of each column in bold; · = the solver cannot spend exactly "
-            f"that many calls). {floor['machine']}, {floor['threads']} threads, torch {floor['torch']}, "
-            f"{floor['date']}: `{floor['command']}`.\n\n"
+            "that many calls). " + provenance(floor) + "\n\n"
             + pivot([r for r in rows if r["calls"] != "0"], "solver", "calls", "fd", labels, corner="solver \\ calls"))
 
 
@@ -82,8 +86,7 @@ def samplers_table() -> str:
     return (f"FD of {first['samples']} digits samples against model calls for each k-diffusion sampler (the most calls "
             f"within each budget on a Karras schedule to 0; dpm_fast exactly the budget; stochastic samplers with their "
             f"default noise, seed 0; the best of each column in bold). dpm_adaptive picks its own steps ({adaptive}). "
-            f"{first['machine']}, {first['threads']} threads, torch {first['torch']}, {first['date']}: "
-            f"`{first['command']}`.\n\n"
+            + provenance(first) + "\n\n"
             + pivot(fixed, "sampler", "budget", "fd", corner="sampler \\ calls"))
 
 
@@ -96,13 +99,64 @@ def samplers_overhead_table() -> str:
               for r in rows]
     return (f"{first['steps']} steps on x of shape {first['shape']} (float32) with a model that is one multiply, so the "
             f"time is the solver's; fd on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
-            f"(tests/reference_samplers.py), the same inputs, the best of 5 runs each. {first['machine']}, "
-            f"{first['threads']} threads, torch {first['torch']}, {first['date']}: `{first['command']}`.\n\n"
+            f"(tests/reference_samplers.py), the same inputs, the best of 5 runs each. " + provenance(first) + "\n\n"
             + "\n".join(lines))
 
 
+def shortcut_table() -> str:
+    """FD against steps for the shortcut digits model and its flow-matching twin, from bench_shortcut.py."""
+    rows = read_csv(RESULTS / "shortcut_digits_cpu.csv")
+    floor = rows[0]
+    labels = {"shortcut": "shortcut model (`fd.zoo.digits_shortcut()`)",
+              "flow": "flow matching only (`objective=\"flow\"`)"}
+    return (f"FD of {floor['samples']} samples against steps (= model calls), the same seeded noise for both "
+            f"(train-split floor {significant(float(floor['fd']))}; the best of each column in bold). "
+            + provenance(floor) + "\n\n"
+            + pivot(rows[1:], "model", "steps", "fd", labels, corner="model \\ steps"))
+
+
+def analytic_dpm_table() -> str:
+    """FD against steps for Analytic-DPM and the same loop with DDPM's / DDIM's variances, from bench_analytic_dpm.py."""
+    rows = read_csv(RESULTS / "analytic_dpm_digits_cpu.csv")
+    floor = rows[0]
+    labels = {"analytic_ddpm": "Analytic-DDPM (η = 1, optimal variance)",
+              "analytic_ddpm_no_clip": "Analytic-DDPM, last noise not clipped",
+              "analytic_ddim": "Analytic-DDIM (η = 0, optimal variance)", "ddpm_beta_tilde": "DDPM, β̃ (posterior)",
+              "ddpm_beta": "DDPM, β", "ddim": "DDIM (no noise)", "fd.sample_ddim": "`fd.sample_ddim` (diffusers' loop)"}
+    return (f"FD of {floor['samples']} samples against steps (= model calls), the same seeded noise for every row, "
+            f"the paper's even timesteps (train-split floor {significant(float(floor['fd']))}; the best of each "
+            f"column in bold; Γ from {floor['gamma_draws']} draws per timestep in {floor['gamma_seconds']} s, largest "
+            f"standard error {floor['gamma_max_stderr']}). " + provenance(floor) + "\n\n"
+            + pivot(rows[1:], "sampler", "steps", "fd", labels, corner="variance \\ steps"))
+
+
+def sdo_table() -> str:
+    """One optimisation step through the sampler, SDO against full backprop, from bench_sdo.py cost and steer."""
+    cost = read_csv(RESULTS / "sdo_cost_cpu.csv")
+    steer = {r["method"]: r for r in read_csv(RESULTS / "sdo_steer_cpu.csv")}
+    cells = {(int(r["batch"]), int(r["steps"]), r["method"]): r for r in cost}
+    lines = ["| batch | solver steps | time, SDO / full (ms) | time ratio | peak memory, SDO / full (MB) | peak ratio "
+             "| saved for backward, SDO / full (MB) | ratio |", "|---" * 8 + "|"]
+    for batch, steps in dict.fromkeys((b, n) for b, n, _ in cells):
+        sdo, full = cells[batch, steps, "sdo"], cells[batch, steps, "full"]
+        pairs = []
+        for key in ("ms_per_step", "peak_memory_mb", "autograd_saved_mb"):
+            mine, theirs = float(sdo[key]), float(full[key])
+            pairs.append(f"{significant(mine)} / {significant(theirs)} | {theirs / mine:.1f}×")
+        lines.append(f"| {batch} | {steps} | " + " | ".join(pairs) + " |")
+    hits = "; ".join(f"{'SDO' if method == 'sdo' else 'full backprop'} {float(r['hit_rate_start']):.0%} → "
+                     f"{float(r['hit_rate_final']):.0%} in {r['seconds']} s" for method, r in steer.items())
+    return ("One optimisation step (a DPM++(2M) sample of the batch's noises, the classifier's loss, backward, Adam): "
+            "median time of 5, the highest resident memory during a fresh process's first step above its start, the "
+            "bytes autograd saved for backward. " + provenance(cost[0]) + "\n\n" + "\n".join(lines)
+            + f"\n\nSteering 80 noises (8 per class) to their class, {steer['sdo']['iterations']} Adam steps through "
+            f"{steer['sdo']['steps']} solver steps, the fraction classified as the target: {hits}. "
+            + provenance(steer["sdo"]))
+
+
 TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": samplers_table,
-                                        "samplers_overhead": samplers_overhead_table}
+                                        "samplers_overhead": samplers_overhead_table, "shortcut": shortcut_table,
+                                        "analytic_dpm": analytic_dpm_table, "sdo": sdo_table}
 
 
 def main() -> None:

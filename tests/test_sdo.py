@@ -250,3 +250,19 @@ def test_stochastic_solvers_give_finite_gradients(gmm):
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert not math.isnan(out.sum().item())
+
+
+@pytest.mark.gpu
+def test_cuda_gradients_equal_cpu_ones():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gradients = {}
+    for device in ("cpu", "cuda"):
+        model = ScaledMixture(fd.GaussianMixture.random(3, 4, seed=0, spread=1.0).double()).to(device)
+        x, shift = start().detach().to(device).requires_grad_(), torch.full((3, 4), 0.1, dtype=torch.float64,
+                                                                            device=device, requires_grad=True)
+        out = fd.sdo.sample(model, x, sigmas(8).to(device), "dpmpp_2m", grad_step=3, extra_args={"shift": shift})
+        (out * loss_weights().to(device)).sum().backward()
+        gradients[device] = [t.cpu() for t in (x.grad, shift.grad, model.scale.grad)]
+    for cpu, cuda in zip(gradients["cpu"], gradients["cuda"]):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-10, atol=1e-12)

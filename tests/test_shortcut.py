@@ -191,3 +191,21 @@ def test_loss_arguments_are_checked(kwargs, error, match):
 def test_integer_data_is_refused():
     with pytest.raises(TypeError, match="x_data must be a floating-point torch.Tensor"):
         fd.shortcut.loss(analytic_velocity, torch.ones(8, 2, dtype=torch.long))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_equals_eager():
+    """A ShortcutUNet inside fd.Sampler's graph: the step size reaches its embedding without a host sync."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = ShortcutUNet(tiny_unet()).cuda().eval()
+    noise = torch.randn(4, 1, 8, 8, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    for steps in (1, 4):
+        times = fd.get_flow_times(steps, device="cuda")
+        sampler = fd.Sampler(model, "shortcut", times)
+        with torch.no_grad():
+            expected = fd.sample_shortcut(model, noise, steps, disable=True)
+            torch.testing.assert_close(sampler(noise), expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(sampler(noise * 0.5), fd.sample_shortcut(model, noise * 0.5, steps, disable=True),
+                                       rtol=1e-4, atol=1e-4)
+        assert sampler.captures == 1
