@@ -62,7 +62,7 @@ def solver_runs(budget: int, sigma_min: float, sigma_max: float, alphas_cumprod:
         # so it solves the same ODE from the same noise as the solvers above
         scale = sigma_max / (1 + sigma_max**2) ** 0.5
         return fd.sample_ddim(den.inner_model, noise * scale, alphas_cumprod, budget, timestep_spacing="trailing",
-                              disable=True)
+                              clip_sample=False, disable=True)
 
     return runs + [SolverRun("ddim", budget, budget, ddim)]
 

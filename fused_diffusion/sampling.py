@@ -193,11 +193,13 @@ def sample_ipndm(model: Model, x: Tensor, sigmas: Tensor, max_order: int = 4, af
 
 def sample_ddim(eps_model: Model, x: Tensor, alphas_cumprod: Tensor, steps: int, eta: float = 0.0,
                 timestep_spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
-                clip_sample: bool = False, clip_sample_range: float = 1.0, generator: torch.Generator | None = None,
+                clip_sample: bool = True, clip_sample_range: float = 1.0, generator: torch.Generator | None = None,
                 extra_args: dict | None = None, callback: Callback | None = None,
                 disable: bool | None = None) -> Tensor:
-    """The result of looping diffusers' DDIMScheduler configured with the same values; eps_model(x, t[B]) with
-    integer timesteps, x the unit-variance initial noise. The callback dict has 'x', 'i', 'timestep' and
+    """The result of looping diffusers' DDIMScheduler configured with the same values (the defaults are
+    DDIMScheduler's, clip_sample=True included: pass clip_sample=False for latents or data outside
+    [-clip_sample_range, clip_sample_range]); eps_model(x, t[B]) with integer timesteps, x the unit-variance initial
+    noise. The callback dict has 'x', 'i', 'timestep' and
     'denoised' (the predicted x0)."""
     solver = solvers.DDIM(alphas_cumprod, eta, set_alpha_to_one, clip_sample, clip_sample_range)
     timesteps = solvers.ddim_timesteps(len(alphas_cumprod), steps, timestep_spacing, steps_offset)

@@ -12,7 +12,6 @@ def eps_model(x, t):
 
 
 def diffusers_loop(x, steps, eta, generator, **config):
-    config = {"clip_sample": False, **config}  # diffusers clips by default; sample_ddim does not
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", **config)
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:

@@ -66,7 +66,7 @@ class DDIM(Solver):
     model_output = "eps"
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
-                 clip_sample: bool = False, clip_sample_range: float = 1.0):
+                 clip_sample: bool = True, clip_sample_range: float = 1.0):
         self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
         self.eta, self.set_alpha_to_one = check_eta(eta), bool(set_alpha_to_one)
         self.clip_sample = bool(clip_sample)
