@@ -34,12 +34,26 @@ def _check_callable(name: str, model: object) -> None:
         raise TypeError(f"{name} must be callable (a model or function), got {describe(model)}")
 
 
-def _check_batch(name: str, value: object, batch: int) -> None:
-    """cond / uncond: a tensor with x's batch (shape only: no host sync inside a sampling loop or graph capture)."""
+def _broadcast_batch(name: str, value: object, batch: int) -> Tensor:
+    """cond / uncond with x's batch: as given, or a batch-1 tensor expanded (a view, no copy)."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1 and batch != 1:
+        return value.expand(batch, *value.shape[1:])
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a tensor, got {describe(value)}")
     if value.dim() == 0 or value.shape[0] != batch:
-        raise ValueError(f"{name} must have batch {batch} (x's batch) in dim 0, got shape {tuple(value.shape)}")
+        raise ValueError(f"{name} must have batch {batch} (x's batch) or 1 (broadcast) in dim 0, got shape "
+                         f"{tuple(value.shape)}")
+    return value
+
+
+def _doubled(value: Any, batch: int) -> Any:
+    """Extra conditioning for the guided batch [uncond, cond]: tensors with x's batch in dim 0 repeated, dicts
+    (diffusers' added_cond_kwargs) entry by entry, anything else unchanged."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return torch.cat([value, value])
+    if isinstance(value, dict):
+        return {key: _doubled(item, batch) for key, item in value.items()}
+    return value
 
 
 def _check_call(x: Tensor, sigma: object) -> None:
@@ -86,10 +100,13 @@ class EpsDenoiser(nn.Module):
     """A DDPM epsilon-prediction model eps(x_t, t) as a denoiser (k-diffusion's DiscreteEpsDDPMDenoiser).
 
     c_in = 1 / sqrt(sigma^2 + 1), D = x - sigma * eps(c_in * x, t(sigma)); t(sigma) interpolates the
-    training timesteps linearly in log sigma (or picks the nearest with quantize=True).
+    training timesteps linearly in log sigma (or picks the nearest with quantize=True). `timestep_table`
+    (sigmas, timesteps), e.g. a diffusers scheduler's after set_timesteps (fd.from_diffusers), gives each of those
+    sigmas exactly its timestep, as that scheduler calls the model; other sigmas still interpolate.
     """
 
-    def __init__(self, eps_model: Callable[..., Any], alphas_cumprod: Tensor, quantize: bool = False):
+    def __init__(self, eps_model: Callable[..., Any], alphas_cumprod: Tensor, quantize: bool = False,
+                 timestep_table: tuple[Tensor, Tensor] | None = None):
         super().__init__()
         _check_callable("eps_model", eps_model)
         self.inner_model = eps_model
@@ -97,6 +114,9 @@ class EpsDenoiser(nn.Module):
             raise TypeError(f"quantize must be a bool, got {describe(quantize)}")
         self.quantize = quantize
         self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float(), persistent=False)
+        self.table_sigmas = self.table_timesteps = None
+        if timestep_table is not None:
+            self.table_sigmas, self.table_timesteps = _check_timestep_table(timestep_table)
 
     @property
     def sigma_min(self) -> float:
@@ -109,16 +129,27 @@ class EpsDenoiser(nn.Module):
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         if self.log_sigmas.device != sigma.device:  # moved once (in a graph's warm-up, never during capture)
             self.log_sigmas = self.log_sigmas.to(sigma.device)
+            if self.table_sigmas is not None:
+                self.table_sigmas = self.table_sigmas.to(sigma.device)
+                self.table_timesteps = self.table_timesteps.to(sigma.device)
         log_sigmas = self.log_sigmas
         log_sigma = sigma.float().log()
         dists = log_sigma - log_sigmas[:, None]
         if self.quantize:
-            return dists.abs().argmin(dim=0).view(sigma.shape)
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
-        high_idx = low_idx + 1
-        low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
-        return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+            t = dists.abs().argmin(dim=0).view(sigma.shape).float()
+        else:
+            low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+            high_idx = low_idx + 1
+            low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+            w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+            t = ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+        if self.table_sigmas is None:
+            return t if not self.quantize else t.long()
+        # a sigma of the table (to float32 rounding) takes its timestep; a select, so no host sync
+        gap = (sigma.float()[None] - self.table_sigmas[:, None]).abs()
+        nearest = gap.argmin(dim=0)
+        exact = gap.min(dim=0).values <= 1e-6 * sigma.float().abs()
+        return torch.where(exact, self.table_timesteps[nearest], t)
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
         _check_call(x, sigma)
@@ -127,6 +158,19 @@ class EpsDenoiser(nn.Module):
         eps = _inner_output(self.inner_model(_in_model_dtype(x_in, self.inner_model), self.sigma_to_t(sigma), **kwargs),
                             "eps", x.shape, x)
         return ops.lincomb([x, eps], _rows(torch.ones_like(sigma), -sigma))
+
+
+def _check_timestep_table(table: object) -> tuple[Tensor, Tensor]:
+    """(sigmas, timesteps): two 1-D tensors of one length, finite, as float32."""
+    if not isinstance(table, (tuple, list)) or len(table) != 2 or not all(isinstance(t, Tensor) for t in table):
+        raise TypeError(f"timestep_table must be a pair of tensors (sigmas, timesteps), got {describe(table)}")
+    sigmas, timesteps = (t.detach().to("cpu", torch.float32) for t in table)  # sync-ok: once, at construction
+    if sigmas.dim() != 1 or sigmas.shape != timesteps.shape:
+        raise ValueError(f"timestep_table must hold two 1-D tensors of one length, got shapes {tuple(sigmas.shape)} "
+                         f"and {tuple(timesteps.shape)}")
+    if not (torch.isfinite(sigmas).all() and torch.isfinite(timesteps).all()):
+        raise ValueError("timestep_table contains NaN or inf")
+    return sigmas, timesteps
 
 
 class VDenoiser(EpsDenoiser):
@@ -167,8 +211,10 @@ class CFGDenoiser(nn.Module):
 
     `forward(x, sigma, cond=..., uncond=...)` concatenates [uncond, cond] along the batch and passes it to the
     inner denoiser as the keyword `cond_kwarg` (e.g. "encoder_hidden_states" for diffusers U-Nets, "class_labels"
-    for class-conditional ones). The combine is one lincomb whose row [1 - scale, scale] lives on the device, so
-    `set_scale` changes it without recapturing a graph.
+    for class-conditional ones); a batch-1 cond or uncond (one negative prompt for the whole batch) is broadcast.
+    Other keyword arguments go to both halves: a tensor with x's batch in dim 0 (class labels, SDXL's
+    `added_cond_kwargs` entries, inside dicts too) is doubled, anything else passed as it is. The combine is one
+    lincomb whose row [1 - scale, scale] lives on the device, so `set_scale` changes it without recapturing a graph.
     """
 
     def __init__(self, denoiser: Callable[..., Tensor], scale: float, cond_kwarg: str = "cond"):
@@ -190,14 +236,15 @@ class CFGDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor, **kwargs: Any) -> Tensor:
         _check_call(x, sigma)
         batch = x.shape[0]
-        _check_batch("cond", cond, batch)  # before the inner model, which would fail deep inside on a bad batch
-        _check_batch("uncond", uncond, batch)
+        # before the inner model, which would fail deep inside on a bad batch
+        cond, uncond = _broadcast_batch("cond", cond, batch), _broadcast_batch("uncond", uncond, batch)
         if cond.shape != uncond.shape:
             raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
         if self.combine.device != x.device:
             self.combine = self.combine.to(x.device)
         both = self.inner_model(
-            torch.cat([x, x]), torch.cat([sigma, sigma]), **{self.cond_kwarg: torch.cat([uncond, cond])}, **kwargs
+            torch.cat([x, x]), torch.cat([sigma, sigma]), **{self.cond_kwarg: torch.cat([uncond, cond])},
+            **_doubled(kwargs, batch)
         )
         both = _inner_output(both, "the guided batch [uncond, cond]", (2 * batch, *x.shape[1:]), x)
         return ops.lincomb([both[:batch], both[batch:]], self.combine)

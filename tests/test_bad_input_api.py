@@ -271,7 +271,8 @@ def test_cfg_scale_must_be_finite(scale, error, match):
     "cond,uncond,error,match",
     [
         (torch.ones(2), torch.zeros(3), ValueError, r"^cond must have batch 3 \(x's batch\) .*got shape \(2,\)"),
-        (torch.ones(3), torch.zeros(1), ValueError, r"^uncond must have batch 3 \(x's batch\) .*got shape \(1,\)"),
+        (torch.ones(3), torch.zeros(2), ValueError,
+         r"^uncond must have batch 3 \(x's batch\) or 1 \(broadcast\) in dim 0, got shape \(2,\)"),
         (torch.ones(3), torch.tensor(0.0), ValueError, r"uncond must have batch 3 .*got shape \(\)"),
         ([1.0, 1.0, 1.0], torch.zeros(3), TypeError, r"cond must be a tensor, got .*\(list\)"),
         (torch.ones(3, 2), torch.zeros(3, 5), ValueError,

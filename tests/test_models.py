@@ -67,6 +67,32 @@ def test_cfg_combines_in_one_batched_call_and_one_launch():
         cfg(x, sigma, cond=cond, uncond=uncond[:2])
 
 
+def test_cfg_broadcasts_a_batch_1_uncond_and_doubles_batch_conditioning():
+    seen = {}
+
+    def inner(x, sigma, cond, class_labels, added_cond_kwargs, scale):
+        seen.update(labels=class_labels, added=added_cond_kwargs, scale=scale)
+        return x * cond[:, :1] + class_labels[:, None] + added_cond_kwargs["time_ids"][:, :1] * scale
+
+    cfg = fd.CFGDenoiser(inner, scale=3.0)
+    x, sigma = torch.randn(3, 4), torch.ones(3)
+    cond, uncond = torch.randn(3, 5), torch.randn(1, 5)  # one negative prompt for the whole batch
+    labels, time_ids = torch.tensor([1.0, 2.0, 3.0]), torch.randn(3, 6)
+    out = cfg(x, sigma, cond=cond, uncond=uncond, class_labels=labels,
+              added_cond_kwargs={"time_ids": time_ids, "note": "kept"}, scale=torch.tensor(0.5))
+    assert torch.equal(seen["labels"], torch.cat([labels, labels]))
+    assert torch.equal(seen["added"]["time_ids"], torch.cat([time_ids, time_ids])) and seen["added"]["note"] == "kept"
+    assert seen["scale"].shape == ()  # not a batch tensor: passed as it is
+    expected_uncond = x * uncond[:, :1] + labels[:, None] + time_ids[:, :1] * 0.5
+    expected_cond = x * cond[:, :1] + labels[:, None] + time_ids[:, :1] * 0.5
+    torch.testing.assert_close(out, expected_uncond + 3.0 * (expected_cond - expected_uncond))
+    # a batch-1 cond is broadcast as well; the result equals the explicitly repeated one
+    repeated = cfg(x, sigma, cond=cond[:1].expand(3, 5), uncond=uncond.expand(3, 5), class_labels=labels,
+                   added_cond_kwargs={"time_ids": time_ids}, scale=torch.tensor(0.5))
+    torch.testing.assert_close(cfg(x, sigma, cond=cond[:1], uncond=uncond, class_labels=labels,
+                                   added_cond_kwargs={"time_ids": time_ids}, scale=torch.tensor(0.5)), repeated)
+
+
 def test_cfg_inside_a_sampler_passes_extra_args():
     gmm = fd.GaussianMixture.random(2, 3, seed=1)
     cfg = fd.CFGDenoiser(lambda x, s, cond: gmm(x, s) * cond[:, None], scale=2.0)
