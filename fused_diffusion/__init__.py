@@ -3,6 +3,8 @@ from . import amed, analytic_dpm, metrics, sdo, shortcut, zoo
 from .context import ModelCall, current_model_call, model_call
 from .gmm import GaussianMixture
 from .engine import Sampler
+from . import integrations
+from .integrations import from_diffusers
 from .models import CFGDenoiser, EpsDenoiser, FlowDenoiser, VDenoiser
 from .ops import backends
 from .noise import BrownianTreeNoiseSampler, default_noise_sampler
@@ -35,9 +37,9 @@ K_DIFFUSION_SAMPLERS = (
 __all__ = [
     "amed", "analytic_dpm", "BrownianTreeNoiseSampler", "CFGDenoiser", "EpsDenoiser", "FlowDenoiser", "GaussianMixture",
     "K_DIFFUSION_SAMPLERS", "ModelCall", "Sampler", "VDenoiser", "backends", "current_model_call",
-    "ddpm_alphas_cumprod", "default_noise_sampler", "get_flow_times", "get_sigmas_discrete", "get_sigmas_exponential",
+    "ddpm_alphas_cumprod", "default_noise_sampler", "from_diffusers", "get_flow_times", "get_sigmas_discrete", "get_sigmas_exponential",
     "get_sigmas_karras", "get_sigmas_logsnr", "get_sigmas_polyexponential", "get_sigmas_polynomial",
-    "get_sigmas_time_uniform", "get_sigmas_vp", "metrics", "model_call", *K_DIFFUSION_SAMPLERS, "sample_amed",
+    "get_sigmas_time_uniform", "get_sigmas_vp", "integrations", "metrics", "model_call", *K_DIFFUSION_SAMPLERS, "sample_amed",
     "sample_analytic_dpm", "sample_consistency", "sample_ddim", "sample_ipndm", "sample_shortcut", "sdo", "shortcut",
     "sigmas_from_alphas_cumprod", "unet", "zoo",
 ]

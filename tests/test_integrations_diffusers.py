@@ -1,0 +1,155 @@
+"""fd.from_diffusers: sampling with what a diffusers scheduler's configuration means equals looping that scheduler
+(DDIM, Euler, Heun, DPM-Solver++(2M), several configurations each), the model sees exactly the scheduler's timesteps,
+and what cannot be reproduced is refused by name."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+# diffusers' schedulers call np.array on tensors the numpy-2 way; not this library's concern
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+import fused_diffusion as fd  # noqa: E402
+
+W = torch.randn(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.1
+
+
+def eps_model(x, t):
+    """A smooth nonlinear epsilon model that depends on the (possibly fractional) timestep."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(len(x), 1)
+    return torch.tanh(x @ W.to(x)) * (1 + t / 1000) + 0.1 * x * torch.sin(t / 100)
+
+
+def diffusers_loop(scheduler, steps, noise, **step_options):
+    """The pipelines' loop: scale the noise, then scale_model_input / model / step per timestep."""
+    scheduler.set_timesteps(steps)
+    x = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x, **step_options).prev_sample
+    return x
+
+
+CONFIGS = [
+    (diffusers.DDIMScheduler, {}),  # clip_sample=True, DDIMScheduler's default
+    (diffusers.DDIMScheduler, dict(clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=False)),
+    (diffusers.EulerDiscreteScheduler, {}),
+    (diffusers.EulerDiscreteScheduler, dict(use_karras_sigmas=True)),
+    (diffusers.EulerDiscreteScheduler, dict(timestep_spacing="leading", steps_offset=1, beta_schedule="scaled_linear",
+                                            beta_start=0.00085, beta_end=0.012)),
+    (diffusers.HeunDiscreteScheduler, {}),
+    (diffusers.HeunDiscreteScheduler, dict(use_karras_sigmas=True)),
+    (diffusers.DPMSolverMultistepScheduler, {}),
+    (diffusers.DPMSolverMultistepScheduler, dict(use_karras_sigmas=True)),
+    (diffusers.DPMSolverMultistepScheduler, dict(timestep_spacing="trailing", lower_order_final=False)),
+]
+
+
+@pytest.mark.parametrize("steps", [4, 20])
+@pytest.mark.parametrize("cls,config", CONFIGS, ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_sampling_equals_the_schedulers_loop(cls, config, steps):
+    scheduler = cls(**config)
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    expected = diffusers_loop(cls.from_config(scheduler.config), steps, noise)
+    setup = fd.from_diffusers(scheduler, steps)
+    got = setup.sample(eps_model, noise, disable=True)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5  # fp32 (the issue asks 1e-4)
+
+
+@pytest.mark.parametrize("cls,config", CONFIGS[2:], ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_the_model_sees_the_schedulers_timesteps(cls, config):
+    scheduler = cls(**config)
+    seen = []
+    setup = fd.from_diffusers(scheduler, 6)
+    setup.sample(lambda x, t: seen.append(t[0].item()) or eps_model(x, t), torch.randn(2, 16), disable=True)
+    scheduler.set_timesteps(6)
+    assert seen == pytest.approx(scheduler.timesteps.tolist(), abs=1e-4)
+    assert len(seen) == len(setup.timesteps)
+
+
+@pytest.mark.parametrize("cls", [diffusers.DDIMScheduler, diffusers.EulerDiscreteScheduler,
+                                 diffusers.HeunDiscreteScheduler, diffusers.DPMSolverMultistepScheduler])
+def test_a_diffusers_unet_goes_in_as_it_is(cls):
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    scheduler = cls()
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = fd.from_diffusers(scheduler, 5).sample(unet, noise, disable=True)
+        scheduler.set_timesteps(5)
+        x = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    assert ((got - x).norm() / x.norm()).item() < 1e-5
+
+
+def test_ddim_eta_and_generator_as_the_scheduler_step_takes_them():
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    noise = torch.randn(3, 16, generator=torch.Generator().manual_seed(2))
+    expected = diffusers_loop(diffusers.DDIMScheduler.from_config(scheduler.config), 8, noise, eta=0.7,
+                              generator=torch.Generator().manual_seed(5))
+    setup = fd.from_diffusers(scheduler, 8, eta=0.7)
+    got = setup.sample(eps_model, noise, generator=torch.Generator().manual_seed(5), disable=True)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_the_callers_scheduler_is_left_as_it_was():
+    scheduler = diffusers.EulerDiscreteScheduler()
+    scheduler.set_timesteps(30)
+    before = scheduler.timesteps.clone()
+    fd.from_diffusers(scheduler, 5)
+    assert torch.equal(scheduler.timesteps, before)
+
+
+def test_noise_scales_say_where_each_space_starts():
+    for config in ({}, dict(timestep_spacing="leading")):  # Euler: the scheduler's own init_noise_sigma
+        scheduler = diffusers.EulerDiscreteScheduler(**config)
+        scheduler.set_timesteps(10)
+        assert fd.from_diffusers(scheduler, 10).init_noise_sigma == pytest.approx(float(scheduler.init_noise_sigma))
+    dpm = fd.from_diffusers(diffusers.DPMSolverMultistepScheduler(), 10)  # the scheduler's own is 1 (VP space)
+    assert dpm.init_noise_sigma == pytest.approx(float((dpm.schedule[0].double() ** 2 + 1).sqrt()), rel=1e-6)
+    assert fd.from_diffusers(diffusers.DDIMScheduler(), 10).init_noise_sigma == 1.0
+
+
+def test_sample_ddim_defaults_are_ddimschedulers():
+    noise = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    expected = diffusers_loop(diffusers.DDIMScheduler(), 10, noise)
+    got = fd.sample_ddim(eps_model, noise, diffusers.DDIMScheduler().alphas_cumprod, 10, disable=True)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("scheduler,options,error,match", [
+    (diffusers.DDIMScheduler(prediction_type="v_prediction"), {}, ValueError,
+     r"DDIMScheduler with prediction_type='v_prediction' is not supported; from_diffusers reproduces "
+     r"prediction_type='epsilon'"),
+    (diffusers.DPMSolverMultistepScheduler(solver_order=3), {}, ValueError, r"solver_order=3 is not supported"),
+    (diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), {}, ValueError,
+     r"algorithm_type='sde-dpmsolver\+\+' is not supported"),
+    (diffusers.PNDMScheduler(), {}, TypeError, r"scheduler must be one of diffusers' DDIMScheduler, .* got .*PNDM"),
+    ("ddim", {}, TypeError, r"scheduler must be one of"),
+    (diffusers.EulerDiscreteScheduler(), dict(eta=0.5), TypeError,
+     r"step options \['eta'\] are not taken for EulerDiscreteScheduler; it takes none"),
+    (diffusers.DDIMScheduler(), dict(eta=-1.0), ValueError, r"eta must be >= 0"),
+])
+def test_what_cannot_be_reproduced_is_refused_by_name(scheduler, options, error, match):
+    with pytest.raises(error, match=match):
+        fd.from_diffusers(scheduler, 10, **options)
+
+
+def test_steps_are_checked():
+    with pytest.raises(ValueError, match="steps"):
+        fd.from_diffusers(diffusers.DDIMScheduler(), 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [diffusers.EulerDiscreteScheduler, diffusers.HeunDiscreteScheduler,
+                                 diffusers.DPMSolverMultistepScheduler, diffusers.DDIMScheduler])
+def test_the_graph_sampler_equals_the_schedulers_loop(cls):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    scheduler = cls()
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    expected = diffusers_loop(cls.from_config(scheduler.config), 10, noise)
+    setup = fd.from_diffusers(scheduler, 10)
+    sampler = setup.sampler(eps_model, device="cuda")
+    got = sampler(noise.cuda() * setup.init_noise_sigma).cpu()
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
