@@ -72,9 +72,11 @@ def train(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m fused_diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
-    from fused_diffusion import demo
+    from fused_diffusion import demo, generate
 
     demo.add_arguments(sub.add_parser("demo", help="sample the shipped digits model with every ODE solver"))
+    generate.add_arguments(sub.add_parser("generate", help="many samples of the digits model as resumable shards, "
+                                          "on one process or under torchrun"))
     t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
     t.add_argument("model", choices=["digits", "digits-shortcut", "digits-flow", "digits-classifier", "digits-amed"])
     defaults = fd.zoo.train.TrainConfig()
@@ -99,6 +101,8 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: {problem}\n")
     elif args.command == "demo":
         demo.main(args)
+    elif args.command == "generate":
+        generate.main(args)
     elif args.command == "train":
         train(args)
 

@@ -1,0 +1,358 @@
+"""`python -m fused_diffusion generate`: many samples of the shipped digits model, written as resumable shards, on
+one process or on several under `torchrun --nproc_per_node N -m fused_diffusion generate ...`.
+
+The sample set is cut into shards of `--shard-size` samples (the last may be smaller). Shard k draws its initial
+noise from its own seed, `seed * 1_000_003 + k` (a CPU generator, so the noise is the same on every device), so a
+shard's tensor does not depend on how many processes run or which one samples it: rank r of a world of w takes the
+shards k with k % w == r. Stochastic solvers draw their per-step noise from a generator seeded from the same
+shard generator, so they are reproducible per shard too.
+
+Files in --out: `manifest.json` (the configuration, every shard's seed and size, library versions; written by
+rank 0 before sampling), `shard_00000.safetensors` (tensor "images", float32 in [-1, 1], with the shard's index,
+seed, size and the configuration's digest in the metadata), `shard_00000.png` with --png, `metrics.json` with
+--metrics. Every file is written under a temporary name and moved into place with os.replace, so a killed run
+leaves complete files or none; a rerun of the same configuration skips the complete shards (finished files are
+never rewritten) and samples the rest. A folder whose manifest holds another configuration is refused before any
+file is touched.
+
+Under torchrun, spell the sample count `-n` or put `--` before `generate` (`torchrun --nproc_per_node 2 -m
+fused_diffusion -- generate --num 10000 ...`): torchrun's own parser refuses `--num` as an ambiguous abbreviation of
+its `--numa-binding` / `--numa_binding`.
+
+Bit-identical shards for 1 and N processes need the same device, batch size and thread count (`--threads`,
+default 1 under torchrun): CPU kernels may sum in another order with another thread count.
+
+Test hook: with FUSED_DIFFUSION_GENERATE_PAUSE_AFTER=n in the environment a process sleeps after writing its n-th
+shard, so a test can kill a run at a known point instead of racing it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NoReturn
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+import fused_diffusion as fd
+from fused_diffusion import cli_args
+
+PROG = "python -m fused_diffusion generate"
+MODELS = ("digits",)
+SEED_MULTIPLIER = 1_000_003
+MAX_SEED = 2**63 - 1  # shard seeds stay within int64 (what torch.randint draws below and JSON readers keep exact)
+PAUSE_ENV = "FUSED_DIFFUSION_GENERATE_PAUSE_AFTER"
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+FORMAT = 1  # of the manifest and shard files: part of the configuration, so a future layout refuses old folders
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """How a solver of `fd.Sampler` spends model calls on a Karras schedule ending at 0: `calls_per_step` calls
+    per step but one in the last (a step to sigma = 0 only denoises), and whether it draws noise per step."""
+    calls_per_step: int
+    stochastic: bool
+
+    def calls(self, steps: int) -> int:
+        return self.calls_per_step * (steps - 1) + 1
+
+    def steps_for(self, calls: int) -> int | None:
+        """The number of steps that makes exactly `calls` model calls, or None if none does."""
+        steps, rest = divmod(calls - 1, self.calls_per_step)
+        return steps + 1 if rest == 0 else None
+
+    def possible_calls(self) -> str:
+        return "any number >= 1" if self.calls_per_step == 1 else "an odd number (1, 3, 5, ...)"
+
+
+# the fd.Sampler solvers this command runs, with their call counts (tests/test_generate.py counts them)
+SOLVERS = {
+    "euler": SolverSpec(1, False),
+    "heun": SolverSpec(2, False),
+    "dpm_2": SolverSpec(2, False),
+    "dpmpp_2m": SolverSpec(1, False),
+    "ipndm": SolverSpec(1, False),
+    "lms": SolverSpec(1, False),
+    "euler_ancestral": SolverSpec(1, True),
+    "dpm_2_ancestral": SolverSpec(2, True),
+    "dpmpp_2s_ancestral": SolverSpec(2, True),
+    "dpmpp_sde": SolverSpec(2, True),
+    "dpmpp_2m_sde": SolverSpec(1, True),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The subcommand's options; each bad value is argparse's one-line error naming it (cli_args)."""
+    parser.add_argument("--model", choices=MODELS, default="digits", help="the shipped model to sample")
+    parser.add_argument("--num", "-n", type=cli_args.count(), required=True,
+                        help="how many samples in all (under torchrun: -n, or `--` before `generate`: torchrun "
+                             "refuses --num as an ambiguous prefix of its --numa-binding)")
+    parser.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m")
+    parser.add_argument("--calls", type=cli_args.count(), default=10, help="model calls per sample")
+    parser.add_argument("--out", required=True, help="folder for the manifest, shards, pictures and metrics")
+    parser.add_argument("--batch", type=cli_args.count(), default=500, help="samples per sampler call")
+    parser.add_argument("--seed", type=cli_args.count(0), default=0, help="shard k's seed is seed * 1000003 + k")
+    parser.add_argument("--shard-size", type=cli_args.count(), default=1000, help="samples per shard file")
+    parser.add_argument("--png", action="store_true", help="also a PNG grid per shard")
+    parser.add_argument("--metrics", action="store_true",
+                        help="Frechet distance of all samples to the held-out digits, into metrics.json")
+    parser.add_argument("--device", type=cli_args.device, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="under torchrun, CUDA ranks use cuda:LOCAL_RANK")
+    parser.add_argument("--threads", type=cli_args.count(), default=None,
+                        help="CPU threads per process (default: torch's choice; 1 under torchrun)")
+
+
+def usage_error(message: str) -> NoReturn:
+    """Exits as argparse does for a bad argument: status 2 and one line on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_arguments(args: argparse.Namespace) -> int:
+    """The number of steps for --calls, after the checks argparse cannot make alone (they involve two arguments)."""
+    spec = SOLVERS[args.solver]
+    steps = spec.steps_for(args.calls)
+    if steps is None:
+        usage_error(f"argument --calls: {args.solver} makes {spec.calls_per_step} model calls per step (1 in the "
+                    f"last), so --calls must be {spec.possible_calls()}, got {args.calls}")
+    if args.metrics and args.num < 2:
+        usage_error(f"argument --num: --metrics fits a Gaussian, which needs at least 2 samples, got {args.num}")
+    last = shard_count(args.num, args.shard_size) - 1
+    if shard_seed(args.seed, last) > MAX_SEED:
+        usage_error(f"argument --seed: must be at most {(MAX_SEED - last) // SEED_MULTIPLIER} (shard seeds are "
+                    f"int64), got {args.seed}")
+    return steps
+
+
+def shard_count(num: int, shard_size: int) -> int:
+    """Shards of `shard_size` samples needed for `num` (the last one may be smaller)."""
+    return -(-num // shard_size)
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """Shard `index`'s seed: distinct for every (seed, index) with index < 1000003."""
+    return seed * SEED_MULTIPLIER + index
+
+
+def shard_name(index: int) -> str:
+    """The file stem of shard `index` (zero-padded so the files sort in order)."""
+    return f"shard_{index:05d}"
+
+
+def configuration(args: argparse.Namespace, steps: int, sigma_min: float, sigma_max: float) -> dict:
+    """What determines the samples: compared with a folder's manifest before a run resumes in it. The device and
+    thread count are left out (results on another device are as valid, though not bit-equal); the batch size is in
+    because stochastic solvers draw their per-step noise per batch."""
+    return {"format": FORMAT, "model": args.model, "num": args.num, "solver": args.solver, "calls": args.calls,
+            "steps": steps, "schedule": {"kind": "karras", "sigma_min": sigma_min, "sigma_max": sigma_max, "rho": 7.0},
+            "shard_size": args.shard_size, "batch": args.batch, "seed": args.seed,
+            "shard_seed": f"seed * {SEED_MULTIPLIER} + shard index"}
+
+
+def digest(config: dict) -> str:
+    """A short hash of the configuration, stored in every shard so a shard of another run never passes as done."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def new_manifest(config: dict) -> dict:
+    """The folder's description: configuration, its digest, every shard's file, seed and size, library versions."""
+    sizes = [min(config["shard_size"], config["num"] - k * config["shard_size"])
+             for k in range(shard_count(config["num"], config["shard_size"]))]
+    shards = [{"index": k, "file": f"{shard_name(k)}.safetensors", "seed": shard_seed(config["seed"], k),
+               "samples": size} for k, size in enumerate(sizes)]
+    import diffusers
+
+    versions = {"fused_diffusion": importlib.metadata.version("fused_diffusion"), "torch": torch.__version__,
+                "diffusers": diffusers.__version__}
+    return {"config": config, "digest": digest(config), "shards": shards, "versions": versions}
+
+
+def check_folder(out: Path, config: dict) -> bool:
+    """Whether `out` already holds this configuration's manifest; exits naming the differing keys if it holds
+    another one. Reads only."""
+    path = out / MANIFEST
+    if not path.exists():
+        return False
+    try:
+        found = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"error: {path} is not a readable manifest ({error}); use another --out") from None
+    if found == config:
+        return True
+    differing = [f"{key}: {found.get(key)!r} there, {config.get(key)!r} now"
+                 for key in sorted(set(found) | set(config)) if found.get(key) != config.get(key)]
+    raise SystemExit(f"error: {out} holds samples of another configuration (differing: {'; '.join(differing)}); "
+                     "rerun with the same arguments to resume, or choose another --out")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(temporary path)`, then os.replace onto `path`: a reader (or a killed run) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, value: dict) -> None:
+    """`value` as indented JSON, atomically."""
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def read_shard(path: Path, shard: dict, config_digest: str) -> Tensor | None:
+    """The shard's images if `path` is a complete shard of this configuration (readable, its index, seed and digest
+    in the metadata, the right number of samples), else None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            images = f.get_tensor("images")
+    except (OSError, SafetensorError, ValueError, RuntimeError):
+        return None
+    expected = {"index": str(shard["index"]), "seed": str(shard["seed"]), "samples": str(shard["samples"]),
+                "digest": config_digest}
+    if any(meta.get(key) != value for key, value in expected.items()) or len(images) != shard["samples"]:
+        return None
+    return images
+
+
+def write_shard(out: Path, shard: dict, images: Tensor, config_digest: str, png: bool) -> None:
+    """The PNG grid (with --png) first, then the tensor: a shard file that exists has its picture. The bytes are
+    written by Python (safetensors' own file writer makes files only their owner can read)."""
+    from safetensors.torch import save
+
+    if png:
+        write_png(out / f"{shard_name(shard['index'])}.png", images)
+    metadata = {"index": str(shard["index"]), "seed": str(shard["seed"]), "samples": str(shard["samples"]),
+                "digest": config_digest}
+    write_atomically(out / shard["file"],
+                     lambda tmp: tmp.write_bytes(save({"images": images.contiguous()}, metadata=metadata)))
+
+
+def write_png(path: Path, images: Tensor) -> None:
+    """The images as one near-square grid (dark strokes on white, as the demo draws them), atomically."""
+    from matplotlib import image
+
+    from fused_diffusion.demo import image_grid
+
+    grid = image_grid(images, columns=math.ceil(len(images) ** 0.5))
+    write_atomically(path, lambda tmp: image.imsave(tmp, grid.numpy(), cmap="gray_r", vmin=0, vmax=1, format="png"))
+
+
+def sample_shard(sampler: fd.Sampler, shard: dict, shape: tuple[int, ...], batch: int, device: torch.device,
+                 progress: tqdm) -> Tensor:
+    """The shard's images: noise from the shard's seed on the CPU, sampled `batch` samples at a time; a stochastic
+    solver's generator is reseeded from the same CPU generator, so its noise is the shard's too."""
+    generator = torch.Generator().manual_seed(shard["seed"])
+    noise = torch.randn(shard["samples"], *shape, generator=generator)
+    if sampler.generator is not None:
+        sampler.generator.manual_seed(int(torch.randint(MAX_SEED, (), generator=generator)))
+    parts = []
+    for start in range(0, len(noise), batch):
+        x = sampler(noise[start: start + batch].to(device) * sampler.schedule[0])
+        parts.append(x.float().clamp(-1, 1).cpu())
+        progress.update(len(x))
+    return torch.cat(parts)
+
+
+def compute_metrics(out: Path, manifest: dict) -> dict:
+    """Frechet distance of every sample in the folder to the held-out digits (fd.metrics), read from the shards."""
+    images = []
+    for shard in manifest["shards"]:
+        part = read_shard(out / shard["file"], shard, manifest["digest"])
+        if part is None:
+            raise SystemExit(f"error: {out / shard['file']} is missing or incomplete; rerun to finish the shards")
+        images.append(part)
+    value = fd.metrics.frechet_distance(torch.cat(images))
+    return {"fd": value, "samples": manifest["config"]["num"],
+            "metric": "Frechet distance of digits-classifier features to the 297 held-out digits (not FID)"}
+
+
+def pause_after() -> int | None:
+    """The test hook's shard count (see the module docstring), or None."""
+    value = os.environ.get(PAUSE_ENV)
+    return int(value) if value else None
+
+
+def main(args: argparse.Namespace) -> None:
+    """Checks the arguments, joins torch.distributed when torchrun started more than one process (gloo on CPU, nccl
+    on CUDA), sets the thread count, and generates."""
+    steps = check_arguments(args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(args.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    threads = args.threads or (1 if world > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        generate(args, steps, device, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def barrier(world: int) -> None:
+    """Waits for every rank (no-op on one process)."""
+    if world > 1:
+        dist.barrier()
+
+
+def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: int, world: int) -> None:
+    """This rank's part of the run: check the folder, (rank 0) write the manifest, sample the missing shards it owns,
+    then (rank 0, after every rank is done) the metric."""
+    denoiser, _, shape = fd.zoo.digits(device=device)
+    config = configuration(args, steps, denoiser.sigma_min, denoiser.sigma_max)
+    out = Path(args.out)
+    resuming = check_folder(out, config)  # every rank checks (reads only), so a refusal stops them all alike
+    manifest = new_manifest(config)
+    if rank == 0 and not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / MANIFEST, manifest)
+    barrier(world)
+
+    mine = manifest["shards"][rank::world]
+    todo = []
+    for shard in mine:
+        images = read_shard(out / shard["file"], shard, manifest["digest"])
+        picture = out / f"{shard_name(shard['index'])}.png"
+        if images is None:
+            todo.append(shard)
+        elif args.png and not picture.exists():  # a rerun with --png draws the shards sampled without it
+            write_png(picture, images)
+    spec = SOLVERS[args.solver]
+    generator = torch.Generator(device) if spec.stochastic else None
+    sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max, device=device)
+    sampler = fd.Sampler(denoiser, args.solver, sigmas, cuda_graph=device.type == "cuda", generator=generator)
+    pause = pause_after()
+    start = time.perf_counter()
+    with tqdm(total=sum(s["samples"] for s in todo), unit="sample", disable=rank != 0,
+              desc=f"rank 0/{world} {args.solver} {args.calls} calls") as progress:
+        for written, shard in enumerate(todo, 1):
+            write_shard(out, shard, sample_shard(sampler, shard, shape, args.batch, device, progress),
+                        manifest["digest"], args.png)
+            if pause is not None and written >= pause:
+                while True:
+                    time.sleep(60)
+    if rank == 0:
+        print(f"rank 0/{world}: sampled {len(todo)} shards, skipped {len(mine) - len(todo)} complete ones "
+              f"({time.perf_counter() - start:.1f} s); {len(manifest['shards'])} shards in {out}", flush=True)
+    barrier(world)
+    if args.metrics and rank == 0:
+        metrics = compute_metrics(out, manifest)
+        write_json(out / METRICS, metrics)
+        print(f"FD {metrics['fd']:.3f} over {metrics['samples']} samples; wrote {out / METRICS}", flush=True)
