@@ -50,7 +50,7 @@ case $stage in
     FUSED_DIFFUSION_REQUIRE_EXT=1 python3 -m pytest -q -m gpu -p no:cacheprovider
     python3 -m pytest -q -x -p no:cacheprovider tests/test_solvers.py tests/test_k_diffusion_samplers.py \
       tests/test_ipndm.py tests/test_amed.py tests/test_graph.py tests/test_models.py tests/test_sdo.py \
-      tests/test_shortcut.py tests/test_analytic_dpm.py
+      tests/test_shortcut.py tests/test_analytic_dpm.py tests/test_integrations_diffusers.py
     ;;&
   sdo|all)
     python3 bench/bench_sdo.py cost --device cuda
