@@ -92,6 +92,43 @@ def test_ddim_eta_and_generator_as_the_scheduler_step_takes_them():
     assert ((got - expected).norm() / expected.norm()).item() < 1e-5
 
 
+def diffusers_img2img(scheduler, steps, image, noise, strength):
+    """diffusers' img2img pipelines: get_timesteps' tail of the schedule, add_noise to its first timestep."""
+    scheduler.set_timesteps(steps)
+    t_start = steps - min(int(steps * strength), steps)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):  # the sigma schedulers find their step by this index
+        scheduler.set_begin_index(t_start * scheduler.order)
+    x = scheduler.add_noise(image, noise, timesteps[:1])
+    for t in timesteps:
+        x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
+@pytest.mark.parametrize("cls,config", CONFIGS, ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_img2img_equals_the_img2img_pipelines_loop(cls, config, strength):
+    scheduler = cls(**config)
+    image = torch.rand(3, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    noise = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
+    expected = diffusers_img2img(cls.from_config(scheduler.config), 10, image, noise, strength)
+    got = fd.from_diffusers(scheduler, 10).sample(eps_model, noise, image=image, strength=strength, disable=True)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(strength=0.05), r"strength=0.05 of 10 steps runs int\(10 \* 0.05\) = 0 steps; use a strength of at least 0.1"),
+    (dict(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
+    (dict(strength=0.5, image=None), r"strength=0.5 needs an image"),
+    (dict(strength=0.5, image=torch.zeros(2, 16)), r"image must be a tensor of the noise's shape \(3, 16\)"),
+])
+def test_img2img_arguments_are_checked(kwargs, match):
+    setup = fd.from_diffusers(diffusers.EulerDiscreteScheduler(), 10)
+    kwargs = {"image": torch.zeros(3, 16), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        setup.sample(eps_model, torch.randn(3, 16), disable=True, **kwargs)
+
+
 def test_the_callers_scheduler_is_left_as_it_was():
     scheduler = diffusers.EulerDiscreteScheduler()
     scheduler.set_timesteps(30)
@@ -153,3 +190,22 @@ def test_the_graph_sampler_equals_the_schedulers_loop(cls):
     sampler = setup.sampler(eps_model, device="cuda")
     got = sampler(noise.cuda() * setup.init_noise_sigma).cpu()
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+@pytest.mark.parametrize("sampler", [fd.sample_euler, fd.sample_heun, fd.sample_dpm_2])
+def test_base_to_refiner_hand_off_at_sigma_k(sampler):
+    """Run to sigma_k with one model, continue with another (SDXL's base -> refiner): for single-step solvers the two
+    halves with one model equal the whole run, and a second model takes over from exactly that point."""
+    gmm, other = fd.GaussianMixture.random(3, 4, seed=0), fd.GaussianMixture.random(3, 4, seed=1)
+    sigmas = fd.get_sigmas_karras(10, 0.01, 20.0)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    whole = sampler(gmm, x, sigmas, disable=True)
+    at_k = sampler(gmm, x, sigmas[:7], disable=True)  # ends above 0: regular steps only, no final denoise
+    torch.testing.assert_close(sampler(gmm, at_k, sigmas[6:], disable=True), whole, rtol=1e-5, atol=1e-5)
+    if sampler is fd.sample_heun:
+        return  # its corrector at sigma_k belongs to the base model, its next step's call to the refiner: no one rule
+    refined = sampler(other, at_k, sigmas[6:], disable=True)
+    # dpm_2's midpoints lie between sigmas: which model runs follows from sigma alone
+    expected = sampler(lambda y, s: torch.where(s[:, None] > sigmas[6], gmm(y, s), other(y, s)), x, sigmas,
+                       disable=True)
+    torch.testing.assert_close(refined, expected, rtol=1e-5, atol=1e-5)

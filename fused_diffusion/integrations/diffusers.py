@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..engine import Sampler
 from ..models import EpsDenoiser
-from ..schedules import check_count, describe
+from ..schedules import check_count, check_real, describe
 from ..solvers import DDIM, get_solver, run
 
 # scheduler class name -> (fd solver, the configuration values fd's solver reproduces)
@@ -61,19 +61,52 @@ class DiffusersSchedule:
         sigmas = self.schedule[:-1] if calls == len(self.schedule) - 1 else _heun_call_sigmas(self.schedule)
         return EpsDenoiser(eps_model, self.alphas_cumprod, timestep_table=(sigmas, self.timesteps))
 
-    def sample(self, eps_model: Callable[..., Any], noise: Tensor, *, extra_args: dict | None = None,
-               callback: run.Callback | None = None, generator: torch.Generator | None = None,
-               disable: bool | None = None) -> Tensor:
-        """Samples from unit Gaussian `noise` as the scheduler's own loop would (eagerly)."""
+    def sample(self, eps_model: Callable[..., Any], noise: Tensor, *, image: Tensor | None = None,
+               strength: float = 1.0, extra_args: dict | None = None, callback: run.Callback | None = None,
+               generator: torch.Generator | None = None, disable: bool | None = None) -> Tensor:
+        """Samples from unit Gaussian `noise` as the scheduler's own loop would (eagerly). With `image`, img2img as
+        diffusers' img2img pipelines do it: of the n steps the last int(n * strength) run, from the image noised by
+        the scheduler's add_noise to the first of them."""
         schedule = self.schedule.to(noise.device)
-        return run.sample(get_solver(self.solver, **self.solver_options), self.denoiser(eps_model),
-                          noise * self.init_noise_sigma, schedule, extra_args, callback, disable,
-                          generator=generator, k_diffusion_rng=False)
+        x = noise * self.init_noise_sigma
+        solver = get_solver(self.solver, **self.solver_options)
+        if image is not None:
+            schedule = img2img_schedule(schedule, strength)
+            if self.solver == "ddim":  # the tail's steps still stride by the whole run's T // n
+                solver = DDIM(**self.solver_options, grid_steps=len(self.schedule))
+            if not isinstance(image, Tensor) or image.shape != noise.shape:
+                raise ValueError(f"image must be a tensor of the noise's shape {tuple(noise.shape)}, got "
+                                 f"{describe(image)}")
+            if self.solver == "ddim":  # variance preserving: sqrt(abar) image + sqrt(1 - abar) noise
+                abar = self.alphas_cumprod[int(schedule[0])]
+                x = image * abar.sqrt().item() + noise * (1 - abar).sqrt().item()
+            else:
+                x = image + noise * schedule[0]
+        elif strength != 1.0:
+            raise ValueError(f"strength={strength} needs an image to start from (image=None)")
+        return run.sample(solver, self.denoiser(eps_model), x, schedule,
+                          extra_args, callback, disable, generator=generator, k_diffusion_rng=False)
 
     def sampler(self, eps_model: Callable[..., Any], device: str | torch.device = "cpu", **options: Any) -> Sampler:
         """An fd.Sampler (one CUDA graph on a GPU) for this schedule; call it with noise * init_noise_sigma."""
         return Sampler(self.denoiser(eps_model), self.solver, self.schedule.to(device), **self.solver_options,
                        **options)
+
+
+def img2img_schedule(schedule: Tensor, strength: float) -> Tensor:
+    """The part of an n-step schedule (sigmas ending at 0, or DDIM's n timesteps) that img2img with `strength`
+    runs: its last int(n * strength) steps, diffusers' img2img rule (get_timesteps). strength 1 is the whole
+    schedule; a strength that leaves no step is refused."""
+    strength = check_real("strength", strength)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    is_timesteps = not schedule.is_floating_point()
+    steps = len(schedule) if is_timesteps else len(schedule) - 1
+    kept = min(int(steps * strength), steps)
+    if kept == 0:
+        raise ValueError(f"strength={strength} of {steps} steps runs int({steps} * {strength}) = 0 steps; use a "
+                         f"strength of at least {1 / steps:.4g}")
+    return schedule[steps - kept:]
 
 
 def _heun_call_sigmas(schedule: Tensor) -> Tensor:

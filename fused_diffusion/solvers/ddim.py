@@ -44,12 +44,12 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading
     return torch.from_numpy(timesteps.copy())
 
 
-def is_scheduler_grid(timesteps: Tensor, num_train_timesteps: int) -> bool:
-    """Whether `timesteps` is what DDIMScheduler.set_timesteps makes for their count: a spacing's grid, 'leading'
-    shifted by a constant steps_offset."""
-    n = len(timesteps)
+def is_scheduler_grid(timesteps: Tensor, num_train_timesteps: int, steps: int | None = None) -> bool:
+    """Whether `timesteps` is what DDIMScheduler.set_timesteps makes for `steps` steps (default: their count), or its
+    last len(timesteps) entries (img2img): a spacing's grid, 'leading' shifted by a constant steps_offset."""
+    n = steps or len(timesteps)
     for spacing in TIMESTEP_SPACINGS:
-        grid = ddim_timesteps(num_train_timesteps, n, spacing)
+        grid = ddim_timesteps(num_train_timesteps, n, spacing)[n - len(timesteps):]
         shift = timesteps - grid
         if (shift == shift[0]).all() and (shift[0] == 0 or spacing == "leading" and shift[0] > 0):
             return True
@@ -59,14 +59,16 @@ def is_scheduler_grid(timesteps: Tensor, num_train_timesteps: int) -> bool:
 class DDIM(Solver):
     """x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std z, std = eta sqrt((1-a_prev)/(1-a_t) (1-a_t/a_prev)).
-    The schedule is the timestep list; the previous timestep is t - T // steps (as diffusers). Without clipping one
+    The schedule is the timestep list; the previous timestep is t - T // steps (as diffusers), steps being
+    `grid_steps` when the list is the tail of a longer run's grid (img2img), else its length. Without clipping one
     lincomb on [x, eps(, z)]; with clip_sample, x0 = lincomb[x, eps] is clamped, then one lincomb on [x0, eps(, z)]."""
 
     name = "ddim"
     model_output = "eps"
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
-                 clip_sample: bool = True, clip_sample_range: float = 1.0):
+                 clip_sample: bool = True, clip_sample_range: float = 1.0, grid_steps: int | None = None):
+        self.grid_steps = None if grid_steps is None else check_count("grid_steps", grid_steps)
         self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
         self.eta, self.set_alpha_to_one = check_eta(eta), bool(set_alpha_to_one)
         self.clip_sample = bool(clip_sample)
@@ -94,8 +96,11 @@ class DDIM(Solver):
             i = int(rises.nonzero()[0])
             raise ValueError(f"timesteps must be strictly decreasing: timesteps[{i}] = {int(t[i])} <= "
                              f"timesteps[{i + 1}] = {int(t[i + 1])}")
-        if not is_scheduler_grid(t.long(), len(self.alphas_cumprod)):
-            T, n = len(self.alphas_cumprod), len(t)
+        if self.grid_steps is not None and len(t) > self.grid_steps:
+            raise ValueError(f"timesteps must be at most grid_steps={self.grid_steps} long (the tail of that grid), "
+                             f"got {len(t)}")
+        if not is_scheduler_grid(t.long(), len(self.alphas_cumprod), self.grid_steps):
+            T, n = len(self.alphas_cumprod), self.grid_steps or len(t)
             raise ValueError(
                 f"timesteps must be a DDIMScheduler grid for {T} training steps and {n} steps ('leading' plus a "
                 f"steps_offset, 'trailing' or 'linspace'; fd.solvers.ddim_timesteps makes them): each step goes from "
@@ -109,7 +114,7 @@ class DDIM(Solver):
         t = timesteps.long()
         ac = self.alphas_cumprod
         final = 1.0 if self.set_alpha_to_one else float(ac[0])
-        prev = t - len(ac) // len(t)
+        prev = t - len(ac) // (self.grid_steps or len(t))
         a_t = ac[t]
         a_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.full_like(a_t, final))
         std = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
