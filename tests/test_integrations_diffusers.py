@@ -209,3 +209,94 @@ def test_base_to_refiner_hand_off_at_sigma_k(sampler):
     expected = sampler(lambda y, s: torch.where(s[:, None] > sigmas[6], gmm(y, s), other(y, s)), x, sigmas,
                        disable=True)
     torch.testing.assert_close(refined, expected, rtol=1e-5, atol=1e-5)
+
+
+FUSED = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpmpp_2m"}
+
+
+@pytest.mark.parametrize("steps", [4, 20])
+@pytest.mark.parametrize("cls,config", [c for c in CONFIGS if c[0].__name__ in FUSED],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else str(v))
+def test_fused_scheduler_in_the_pipeline_loop_equals_the_diffusers_scheduler(cls, config, steps):
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    expected = diffusers_loop(cls(**config), steps, noise)
+    scheduler = fd.integrations.FusedScheduler.from_config(cls(**config).config, solver=FUSED[cls.__name__])
+    got = diffusers_loop(scheduler, steps, noise)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+    assert torch.equal(diffusers_loop(scheduler, steps, noise), got)  # set_timesteps starts a fresh run
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    with torch.no_grad():  # a small epsilon, so the pipeline's [0, 1] clamp leaves the images unsaturated
+        unet.conv_out.weight.mul_(0.05)
+    return unet
+
+
+@pytest.mark.parametrize("pipeline,eta", [(diffusers.DDPMPipeline, None), (diffusers.DDIMPipeline, 0.0),
+                                          (diffusers.DDIMPipeline, 1.0)])
+def test_a_pipeline_runs_unchanged_with_the_fused_scheduler(pipeline, eta):
+    unet = tiny_unet()
+    options = dict(batch_size=2, num_inference_steps=6, output_type="np", **({} if eta is None else {"eta": eta}))
+    reference = pipeline(unet, diffusers.DDIMScheduler())
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(generator=torch.Generator().manual_seed(0), **options).images
+    pipe = pipeline(unet, diffusers.DDIMScheduler())
+    pipe.scheduler = fd.integrations.FusedScheduler.from_config(pipe.scheduler.config, solver="ddim")
+    pipe.set_progress_bar_config(disable=True)
+    got = pipe(generator=torch.Generator().manual_seed(0), **options).images
+    assert 0.1 < ((expected > 0) & (expected < 1)).mean()  # not all clamped
+    assert abs(got - expected).max() < 1e-5
+
+
+def test_fused_scheduler_takes_another_schedulers_config():
+    """A pipeline's PNDM config (Stable Diffusion's scaled_linear betas, steps_offset 1) carries over."""
+    pndm = diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    noise = torch.randn(2, 16, generator=torch.Generator().manual_seed(6))
+    expected = diffusers_loop(diffusers.EulerDiscreteScheduler.from_config(pndm.config), 8, noise)
+    got = diffusers_loop(fd.integrations.FusedScheduler.from_config(pndm.config, solver="euler"), 8, noise)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_fused_scheduler_misuse_is_named():
+    scheduler = fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="ddim")
+    with pytest.raises(RuntimeError, match=r"call set_timesteps\(num_inference_steps\) before step"):
+        scheduler.step(torch.zeros(1, 16), 999, torch.zeros(1, 16))
+    scheduler.set_timesteps(2)
+    for t in scheduler.timesteps:
+        scheduler.step(torch.zeros(1, 16), t, torch.zeros(1, 16))
+    with pytest.raises(RuntimeError, match="step called 3 times for 2 timesteps"):
+        scheduler.step(torch.zeros(1, 16), 0, torch.zeros(1, 16))
+    scheduler.set_timesteps(2)
+    scheduler.step(torch.zeros(1, 16), 999, torch.zeros(1, 16), eta=0.0)
+    with pytest.raises(ValueError, match=r"eta changed within a run \(0.0 at the first step, 0.5 now\)"):
+        scheduler.step(torch.zeros(1, 16), 499, torch.zeros(1, 16), eta=0.5)
+    with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'dpmpp_2m', got 'heun'"):
+        fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="heun")
+    with pytest.raises(ValueError, match="prediction_type='v_prediction' is not supported"):
+        fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="euler",
+                                                   prediction_type="v_prediction")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", ["ddim", "euler", "dpmpp_2m"])
+def test_fused_scheduler_steps_without_a_host_sync(solver):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    scheduler = fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver=solver)
+    scheduler.set_timesteps(10, device="cuda")
+    x = torch.randn(2, 16, device="cuda")
+    first = scheduler.timesteps[0]
+    x = scheduler.step(eps_model(scheduler.scale_model_input(x, first), first), first, x).prev_sample  # tables built
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in scheduler.timesteps[1:]:
+            model_input = scheduler.scale_model_input(x, t)
+            x = scheduler.step(torch.tanh(model_input), t, x).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x).all()

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..engine import Sampler
 from ..models import EpsDenoiser
 from ..schedules import check_count, check_real, describe
-from ..solvers import DDIM, get_solver, run
+from ..solvers import DDIM, Plan, get_solver, run
 
 # scheduler class name -> (fd solver, the configuration values fd's solver reproduces)
 SUPPORTED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -152,3 +152,130 @@ def from_diffusers(scheduler: Any, steps: int, **step_options: Any) -> Diffusers
     # scheduler's own init_noise_sigma
     noise_scale = float((schedule[0].double() ** 2 + 1).sqrt()) if solver == "dpmpp_2m" else float(fresh.init_noise_sigma)
     return DiffusersSchedule(solver, {}, schedule, noise_scale, timesteps.float(), alphas_cumprod, name)
+
+
+class FusedScheduler:
+    """diffusers' scheduler API backed by this library's solvers, for frameworks that keep their own loop:
+    `pipe.scheduler = FusedScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")` and the pipeline runs
+    unchanged, equal to the matching diffusers scheduler ("ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler), configured from the same config.
+
+    `step` makes the solver's update as one fused launch with coefficients read from device tables (plus one
+    elementwise op turning epsilon into the solver's input, and DPM-Solver's change of space), and moves the step
+    index on the host: no host sync per step. So, unlike diffusers, the `timestep` given to `step` is not
+    looked up: steps must follow `timesteps` in order from `set_timesteps` (as every pipeline loop does).
+    `step` returns `prev_sample` only (pipelines read nothing else). Two-call solvers (Heun) are not offered.
+    """
+
+    SOLVERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
+    order = 1
+
+    def __init__(self, reference: Any, solver: str):
+        if solver not in self.SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, self.SOLVERS))}, got {solver!r}")
+        if type(reference).__name__ != self.SOLVERS[solver]:
+            raise TypeError(f"reference must be a diffusers {self.SOLVERS[solver]} for solver={solver!r}, got "
+                            f"{describe(reference)}")
+        self.reference, self.solver = reference, solver
+        from_diffusers(reference, 1)  # refuses, by name, a configuration the solver cannot reproduce
+        self.timesteps: Tensor | None = None
+        self.num_inference_steps: int | None = None
+        self._setup: DiffusersSchedule | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, solver: str = "dpmpp_2m", **overrides: Any) -> "FusedScheduler":
+        """From any diffusers scheduler's config (the training schedule and spacing carry over), as diffusers'
+        `from_config`; `overrides` change config values."""
+        import diffusers
+
+        if solver not in cls.SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, cls.SOLVERS))}, got {solver!r}")
+        return cls(getattr(diffusers, cls.SOLVERS[solver]).from_config(config, **overrides), solver)
+
+    @property
+    def config(self) -> Any:
+        return self.reference.config
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The factor pipelines multiply their unit noise by: the reference scheduler's (1 in DDIM's and
+        DPM-Solver's variance-preserving space)."""
+        if self._setup is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) first")
+        return float(self.reference.init_noise_sigma)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """The run's timesteps and the solver's coefficient tables, on `device`; the next step is step 0."""
+        self._setup = setup = from_diffusers(self.reference, num_inference_steps)
+        self.reference.set_timesteps(num_inference_steps)  # for init_noise_sigma and add_noise
+        self.num_inference_steps = num_inference_steps
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.timesteps = self.reference.timesteps.to(device)
+        self._plan_schedule = setup.schedule.to(device)
+        # the pipeline's space -> the solver's: x_solver = x * in_scale[i]; back with out_scale[i] (step i's end)
+        if self.solver == "dpmpp_2m":
+            scale = (setup.schedule.double() ** 2 + 1).sqrt().float().to(device)
+            self._in_scale, self._out_scale = scale[:-1], 1 / scale[1:]
+        self._input_scale = ((setup.schedule[:-1].double() ** 2 + 1).rsqrt().float().to(device)
+                             if self.solver == "euler" else None)
+        self._run: run.Run | None = None
+        self._eta: float | None = None
+        self._index = 0
+
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        """Euler: the model sees x / sqrt(sigma^2 + 1) at the current step; the others: x itself."""
+        if self._input_scale is None:
+            return sample
+        return sample * self._input_scale[self._index].to(sample.dtype)
+
+    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             return_dict: bool = True, **unused: Any):
+        """One solver step from `sample` with the model's epsilon `model_output` for the current timestep."""
+        if self._setup is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before step")
+        if self._index >= len(self.timesteps):
+            raise RuntimeError(f"step called {self._index + 1} times for {len(self.timesteps)} timesteps; call "
+                               "set_timesteps again for a new run")
+        if use_clipped_model_output:
+            raise ValueError("use_clipped_model_output=True is not supported by FusedScheduler")
+        if self._run is None:  # built at the first step, when the sample's shape, device and DDIM's eta are known
+            options = dict(self._setup.solver_options)
+            if self.solver == "ddim":
+                options["eta"] = eta
+            solver = get_solver(self.solver, **options)
+            self._eta = eta
+            self._run = run.Run(Plan(solver, self._plan_schedule), self._from_model_output, sample,
+                                generator=generator, check_finite=False)
+        elif self.solver == "ddim" and eta != self._eta:
+            raise ValueError(f"eta changed within a run ({self._eta} at the first step, {eta} now)")
+        i, self._index = self._index, self._index + 1
+        self._model_output = model_output
+        if self.solver == "dpmpp_2m":
+            prev = self._run.solver.step(self._run, i, sample * self._in_scale[i].to(sample.dtype))
+            prev = prev * self._out_scale[i].to(prev.dtype)
+        else:
+            prev = self._run.solver.step(self._run, i, sample)
+        self._model_output = None
+        return SchedulerOutput(prev) if return_dict else (prev,)
+
+    def _from_model_output(self, x: Tensor, level: Tensor) -> Tensor:
+        """The solver's model: the epsilon the pipeline passed to `step` (DDIM), or the denoised x - sigma * eps
+        at the step's sigma in the solver's space."""
+        if self.solver == "ddim":
+            return self._model_output
+        return x - level.to(x.dtype).view(-1, *[1] * (x.dim() - 1)) * self._model_output.to(x.dtype)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """As the reference scheduler (img2img pipelines noise their image with it)."""
+        return self.reference.add_noise(original_samples, noise, timesteps)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+@dataclass
+class SchedulerOutput:
+    """diffusers' SchedulerOutput shape: `prev_sample`."""
+
+    prev_sample: Tensor
