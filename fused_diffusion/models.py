@@ -133,14 +133,15 @@ class EpsDenoiser(nn.Module):
                 self.table_sigmas = self.table_sigmas.to(sigma.device)
                 self.table_timesteps = self.table_timesteps.to(sigma.device)
         log_sigmas = self.log_sigmas
-        log_sigma = sigma.float().log()
-        dists = log_sigma - log_sigmas[:, None]
-        if self.quantize:
-            t = dists.abs().argmin(dim=0).view(sigma.shape).float()
+        log_sigma = sigma.float().log().reshape(-1)
+        # the training sigmas around each sigma by binary search (k-diffusion compares with all T: O(T) per sample)
+        low_idx = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, len(log_sigmas) - 2)
+        high_idx = low_idx + 1
+        low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+        if self.quantize:  # the nearer of the two, the lower one on a tie (k-diffusion's argmin)
+            t = torch.where((log_sigma - low).abs() <= (high - log_sigma).abs(), low_idx, high_idx)
+            t = t.view(sigma.shape).float()
         else:
-            low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
-            high_idx = low_idx + 1
-            low, high = log_sigmas[low_idx], log_sigmas[high_idx]
             w = ((low - log_sigma) / (low - high)).clamp(0, 1)
             t = ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
         if self.table_sigmas is None:
