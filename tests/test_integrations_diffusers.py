@@ -300,3 +300,106 @@ def test_fused_scheduler_steps_without_a_host_sync(solver):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(x).all()
+
+
+@pytest.fixture(scope="module")
+def digits_unet():
+    return fd.zoo.digits().denoiser.inner_model
+
+
+def pipeline_images(pipe, steps=8, **options):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=6, generator=torch.Generator().manual_seed(0), num_inference_steps=steps,
+                output_type="np", **options).images
+
+
+@pytest.mark.parametrize("pipeline,solver,options", [
+    (diffusers.DDIMPipeline, "ddim", {}), (diffusers.DDIMPipeline, "ddim", dict(eta=1.0)),
+    (diffusers.DDPMPipeline, "dpmpp_2m", {}), (diffusers.DDPMPipeline, "ddim", {}),
+])
+def test_accelerated_pipeline_equals_its_own_loop(digits_unet, pipeline, solver, options):
+    """The shipped digits U-Net (real digits, so the [0, 1] clamp leaves most pixels alone) in a pipeline whose own
+    loop runs the solver's diffusers scheduler, before and after accelerate, and after undo."""
+    scheduler = diffusers.DDIMScheduler(clip_sample=False) if solver == "ddim" else diffusers.DPMSolverMultistepScheduler()
+    pipe = pipeline(digits_unet, scheduler)
+    if pipeline is diffusers.DDIMPipeline:
+        pipe.scheduler = scheduler  # DDIMPipeline makes a DDIMScheduler of any scheduler it is given
+    expected = pipeline_images(pipe, **options)
+    handle = fd.integrations.accelerate(pipe, solver=solver)
+    assert handle.solver == solver and type(pipe).__name__ == f"Accelerated{pipeline.__name__}"
+    got = pipeline_images(pipe, **options)
+    assert got.shape == expected.shape == (6, 8, 8, 1)
+    assert abs(got - expected).max() < 1e-4
+    fd.integrations.undo(pipe)
+    assert type(pipe) is pipeline and abs(pipeline_images(pipe, **options) - expected).max() == 0
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_accelerated_sigma_solvers_equal_their_schedulers_loop(digits_unet, solver):
+    """DDPMPipeline's loop has no scale_model_input, so Euler / Heun are compared with their scheduler's own loop."""
+    pipe = diffusers.DDPMPipeline(digits_unet, diffusers.DDPMScheduler())
+    fd.integrations.accelerate(pipe, solver=solver)
+    got = pipeline_images(pipe, steps=8)
+    scheduler = getattr(diffusers, fd.integrations.diffusers.PIPELINE_SOLVERS[solver]).from_config(
+        diffusers.DDPMScheduler().config)
+    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    scheduler.set_timesteps(8)
+    x = noise * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(digits_unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    expected = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert abs(got - expected).max() < 1e-4
+    fd.integrations.undo(pipe)
+
+
+def test_accelerate_puts_deepcache_and_skip_tuning_on_the_unet_and_undo_removes_them(digits_unet):
+    pipe = diffusers.DDIMPipeline(digits_unet, diffusers.DDIMScheduler(clip_sample=False))
+    plain = pipeline_images(pipe)
+    fd.integrations.accelerate(pipe, solver="ddim", deepcache=fd.unet.DeepCacheConfig(interval=2),
+                               skip_tuning=fd.unet.SkipTuningConfig(rho_bottom=0.6))
+    with_both = pipeline_images(pipe)
+    fd.integrations.undo(pipe)
+    handles = [fd.unet.enable_deepcache(digits_unet, interval=2), fd.unet.enable_skip_tuning(digits_unet, 0.6)]
+    setup = fd.from_diffusers(diffusers.DDIMScheduler(clip_sample=False), 8)
+    with torch.no_grad():
+        x = setup.sample(digits_unet, torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                         disable=True)
+    for handle in reversed(handles):
+        handle.disable()
+    assert abs(with_both - (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()).max() < 1e-5
+    assert abs(with_both - plain).max() > 1e-3  # the methods changed the samples
+    assert abs(pipeline_images(pipe) - plain).max() == 0  # and undo took them off
+
+
+def test_accelerate_misuse_is_named(digits_unet):
+    pipe = diffusers.DDIMPipeline(digits_unet, diffusers.DDIMScheduler())
+    with pytest.raises(TypeError, match=r"pipe must be a diffusers DDPMPipeline or DDIMPipeline .* got .*str"):
+        fd.integrations.accelerate("pipe")
+    with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'heun', 'dpmpp_2m', got 'lms'"):
+        fd.integrations.accelerate(pipe, solver="lms")
+    with pytest.raises(TypeError, match="deepcache must be an fd.unet.DeepCacheConfig or None, got .*dict"):
+        fd.integrations.accelerate(pipe, deepcache={"interval": 2})
+    with pytest.raises(ValueError, match="pipe was not accelerated"):
+        fd.integrations.undo(pipe)
+    fd.integrations.accelerate(pipe, solver="dpmpp_2m")
+    with pytest.raises(ValueError, match="pipe is already accelerated; undo"):
+        fd.integrations.accelerate(pipe)
+    with pytest.raises(ValueError, match="eta=0.5 is DDIM's; this pipeline samples with solver='dpmpp_2m'"):
+        pipe(num_inference_steps=4, eta=0.5)
+    fd.integrations.undo(pipe)
+
+
+@pytest.mark.gpu
+def test_accelerated_pipeline_replays_one_cuda_graph():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    unet = fd.zoo.digits(device="cuda").denoiser.inner_model
+    pipe = diffusers.DDPMPipeline(unet, diffusers.DPMSolverMultistepScheduler()).to("cuda")
+    expected = pipeline_images(pipe)
+    handle = fd.integrations.accelerate(pipe, solver="dpmpp_2m")
+    first, again = pipeline_images(pipe), pipeline_images(pipe)
+    assert abs(first - expected).max() < 1e-4 and abs(again - first).max() == 0
+    (sampler,) = handle.samplers.values()
+    assert sampler.captures == 1
+    fd.integrations.undo(pipe)

@@ -279,3 +279,117 @@ class SchedulerOutput:
     """diffusers' SchedulerOutput shape: `prev_sample`."""
 
     prev_sample: Tensor
+
+
+# solver -> the diffusers scheduler whose loop accelerate() reproduces
+PIPELINE_SOLVERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "heun": "HeunDiscreteScheduler",
+                    "dpmpp_2m": "DPMSolverMultistepScheduler"}
+# the unconditional U-Net pipelines accelerate() takes over, by class name
+UNET_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+
+
+@dataclass
+class Acceleration:
+    """What `accelerate` changed on a pipeline, for `undo`: its class, the U-Net hooks, the samplers it built."""
+
+    pipe: Any
+    original_class: type
+    scheduler: Any  # the diffusers scheduler whose loop the pipeline now reproduces
+    solver: str
+    cuda_graph: bool
+    handles: list[Any]
+    samplers: dict[tuple, Sampler] = field(default_factory=dict)
+
+    def sample(self, noise: Tensor, steps: int, eta: float, generator: Any) -> Tensor:
+        """The run from the pipeline's own noise: a cached fd.Sampler (one CUDA graph per shape) where it is
+        deterministic on CUDA, else eagerly with the pipeline's generator for DDIM's noise."""
+        unet = self.pipe.unet
+        setup = from_diffusers(self.scheduler, steps, **({"eta": eta} if self.solver == "ddim" else {}))
+        graphed = self.cuda_graph and noise.device.type == "cuda" and eta == 0
+        if not graphed:
+            step_generator = generator if isinstance(generator, torch.Generator) else None
+            return setup.sample(unet, noise, generator=step_generator, disable=True)
+        key = (steps, noise.device)
+        if key not in self.samplers:
+            self.samplers[key] = setup.sampler(unet, device=noise.device)
+        return self.samplers[key](noise * setup.init_noise_sigma)
+
+
+def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num_inference_steps: int = 50,
+                      output_type: str = "pil", return_dict: bool = True, eta: float = 0.0,
+                      use_clipped_model_output: bool | None = None) -> Any:
+    """The pipeline's own call signature and output, with the loop replaced by fd's sampler for the solver that
+    `accelerate` was given (the noise drawn as the pipeline draws it, the images post-processed as it does)."""
+    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+    from diffusers.utils.torch_utils import randn_tensor
+
+    acceleration: Acceleration = self._fd_acceleration
+    steps = check_count("num_inference_steps", num_inference_steps)
+    if use_clipped_model_output:
+        raise ValueError("use_clipped_model_output=True is not supported by an accelerated pipeline")
+    if eta != 0 and acceleration.solver != "ddim":
+        raise ValueError(f"eta={eta} is DDIM's; this pipeline samples with solver={acceleration.solver!r}")
+    size = self.unet.config.sample_size
+    shape = (check_count("batch_size", batch_size), self.unet.config.in_channels,
+             *((size, size) if isinstance(size, int) else size))
+    noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+    with torch.no_grad():
+        image = acceleration.sample(noise, steps, eta, generator)
+    image = (image / 2 + 0.5).clamp(0, 1)
+    if output_type != "pt":
+        image = image.cpu().permute(0, 2, 3, 1).numpy()
+        if output_type == "pil":
+            image = self.numpy_to_pil(image)
+    return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+
+def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, deepcache: Any = None,
+               skip_tuning: Any = None) -> Acceleration:
+    """Makes a diffusers DDPMPipeline / DDIMPipeline sample through this library: `pipe(...)` keeps its signature
+    (batch_size, generator, num_inference_steps, output_type, return_dict; eta for DDIM) and returns what the
+    pipeline's own loop returns with the diffusers scheduler of `solver` ("ddim", "euler", "heun", "dpmpp_2m"; built
+    from the pipeline's scheduler config), through a captured fd.Sampler on CUDA (`cuda_graph`). `deepcache` /
+    `skip_tuning`: an fd.unet.DeepCacheConfig / SkipTuningConfig put on the U-Net. `undo(pipe)` restores it all.
+
+    >>> fd.integrations.diffusers.accelerate(pipe, solver="dpmpp_2m")
+    >>> images = pipe(batch_size=16, num_inference_steps=20).images
+    """
+    from .. import unet as fd_unet
+
+    if getattr(pipe, "_fd_acceleration", None) is not None:
+        raise ValueError("pipe is already accelerated; undo(pipe) first to change the settings")
+    if type(pipe).__name__ not in UNET_PIPELINES:
+        raise TypeError(f"pipe must be a diffusers {' or '.join(UNET_PIPELINES)} (Stable Diffusion pipelines are not "
+                        f"supported yet), got {describe(pipe)}")
+    if solver not in PIPELINE_SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(map(repr, PIPELINE_SOLVERS))}, got {solver!r}")
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be a bool, got {describe(cuda_graph)}")
+    if deepcache is not None and not isinstance(deepcache, fd_unet.DeepCacheConfig):
+        raise TypeError(f"deepcache must be an fd.unet.DeepCacheConfig or None, got {describe(deepcache)}")
+    if skip_tuning is not None and not isinstance(skip_tuning, fd_unet.SkipTuningConfig):
+        raise TypeError(f"skip_tuning must be an fd.unet.SkipTuningConfig or None, got {describe(skip_tuning)}")
+    import diffusers
+
+    scheduler = getattr(diffusers, PIPELINE_SOLVERS[solver]).from_config(pipe.scheduler.config)
+    from_diffusers(scheduler, 1)  # refuses, by name, a configuration the solver cannot reproduce
+    handles = []
+    if deepcache is not None:
+        handles.append(fd_unet.apply_deepcache(pipe.unet, deepcache))
+    if skip_tuning is not None:
+        handles.append(fd_unet.apply_skip_tuning(pipe.unet, skip_tuning))
+    acceleration = Acceleration(pipe, type(pipe), scheduler, solver, cuda_graph, handles)
+    pipe.__class__ = type(f"Accelerated{type(pipe).__name__}", (type(pipe),), {"__call__": _accelerated_call})
+    pipe._fd_acceleration = acceleration
+    return acceleration
+
+
+def undo(pipe: Any) -> None:
+    """Restores a pipeline that `accelerate` changed: its class and call, and the U-Net without the hooks."""
+    acceleration = getattr(pipe, "_fd_acceleration", None)
+    if acceleration is None:
+        raise ValueError(f"pipe was not accelerated by fd.integrations.diffusers.accelerate ({describe(pipe)})")
+    for handle in reversed(acceleration.handles):
+        handle.disable()
+    pipe.__class__ = acceleration.original_class
+    pipe._fd_acceleration = None
