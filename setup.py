@@ -64,7 +64,9 @@ setup(
     extras_require={
         # the shipped digits model, its metric, training and the picture demo (data ship inside scikit-learn)
         "digits": DIGITS,
-        "test": ["pytest", "hypothesis", "scipy", "torchsde", "triton; platform_system == 'Linux'", *DIGITS],
+        # transformers: a CLIPTextModel from a config for the Stable-Diffusion pipeline tests (no download)
+        "test": ["pytest", "hypothesis", "scipy", "torchsde", "triton; platform_system == 'Linux'", "transformers",
+                 *DIGITS],
         # Brownian-tree noise, the default of the DPM++ SDE samplers (as in k-diffusion)
         "sde": ["torchsde"],
         "diffusers": ["diffusers>=0.30", "safetensors"],

@@ -374,7 +374,8 @@ def test_accelerate_puts_deepcache_and_skip_tuning_on_the_unet_and_undo_removes_
 
 def test_accelerate_misuse_is_named(digits_unet):
     pipe = diffusers.DDIMPipeline(digits_unet, diffusers.DDIMScheduler())
-    with pytest.raises(TypeError, match=r"pipe must be a diffusers DDPMPipeline or DDIMPipeline .* got .*str"):
+    with pytest.raises(TypeError, match=r"pipe must be a diffusers DDPMPipeline, DDIMPipeline, StableDiffusionPipeline, "
+                                        r"got .*str"):
         fd.integrations.accelerate("pipe")
     with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'heun', 'dpmpp_2m', got 'lms'"):
         fd.integrations.accelerate(pipe, solver="lms")

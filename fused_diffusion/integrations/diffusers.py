@@ -8,6 +8,7 @@ epsilon prediction. Anything else in the configuration that changes the result i
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Sampler
-from ..models import EpsDenoiser
+from ..models import CFGDenoiser, EpsDenoiser
 from ..schedules import check_count, check_real, describe
 from ..solvers import DDIM, Plan, get_solver, run
 
@@ -109,6 +110,18 @@ def img2img_schedule(schedule: Tensor, strength: float) -> Tensor:
     return schedule[steps - kept:]
 
 
+def scheduler_like(scheduler: Any, name: str) -> Any:
+    """The diffusers scheduler `name` for a pipeline whose scheduler is `scheduler`: a copy of it when it is that
+    class already (keeping edits a pipeline made to its config, such as Stable Diffusion's steps_offset=1, which
+    diffusers' from_config would drop as "default values"), else diffusers' own `from_config` of its config, as a
+    user switching schedulers gets it."""
+    import diffusers
+
+    if type(scheduler).__name__ == name:
+        return copy.deepcopy(scheduler)
+    return getattr(diffusers, name).from_config(scheduler.config)
+
+
 def _heun_call_sigmas(schedule: Tensor) -> Tensor:
     """Heun's 2n - 1 model calls for n steps to 0: sigma_0, then each later nonzero sigma twice (the end of one step,
     the start of the next)."""
@@ -136,7 +149,7 @@ def from_diffusers(scheduler: Any, steps: int, **step_options: Any) -> Diffusers
     allowed = {"eta"} if solver == "ddim" else set()
     if unknown := set(step_options) - allowed:
         raise TypeError(f"step options {sorted(unknown)} are not taken for {name}; it takes {sorted(allowed) or 'none'}")
-    fresh = type(scheduler).from_config(config)  # set_timesteps mutates: the caller's scheduler stays as it was
+    fresh = copy.deepcopy(scheduler)  # set_timesteps mutates: the caller's scheduler stays as it was
     fresh.set_timesteps(steps, device="cpu")
     alphas_cumprod = fresh.alphas_cumprod.detach().to("cpu", torch.float64)
     timesteps = fresh.timesteps.detach().to("cpu")
@@ -286,6 +299,7 @@ PIPELINE_SOLVERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", 
                     "dpmpp_2m": "DPMSolverMultistepScheduler"}
 # the unconditional U-Net pipelines accelerate() takes over, by class name
 UNET_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+SD_PIPELINES = ("StableDiffusionPipeline",)
 
 
 @dataclass
@@ -300,19 +314,33 @@ class Acceleration:
     handles: list[Any]
     samplers: dict[tuple, Sampler] = field(default_factory=dict)
 
-    def sample(self, noise: Tensor, steps: int, eta: float, generator: Any) -> Tensor:
-        """The run from the pipeline's own noise: a cached fd.Sampler (one CUDA graph per shape) where it is
-        deterministic on CUDA, else eagerly with the pipeline's generator for DDIM's noise."""
-        unet = self.pipe.unet
-        setup = from_diffusers(self.scheduler, steps, **({"eta": eta} if self.solver == "ddim" else {}))
-        graphed = self.cuda_graph and noise.device.type == "cuda" and eta == 0
-        if not graphed:
-            step_generator = generator if isinstance(generator, torch.Generator) else None
-            return setup.sample(unet, noise, generator=step_generator, disable=True)
-        key = (steps, noise.device)
-        if key not in self.samplers:
-            self.samplers[key] = setup.sampler(unet, device=noise.device)
-        return self.samplers[key](noise * setup.init_noise_sigma)
+    models: dict[Any, Callable[..., Any]] = field(default_factory=dict)
+
+    def setup(self, steps: int, eta: float) -> DiffusersSchedule:
+        return from_diffusers(self.scheduler, steps, **({"eta": eta} if self.solver == "ddim" else {}))
+
+    def model(self, key: Any, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+        """The solver's model for `key` (the step count, ...), built once (a captured graph is kept per model)."""
+        if key not in self.models:
+            self.models[key] = build()
+        return self.models[key]
+
+    def run(self, setup: DiffusersSchedule, model: Callable[..., Any], noise: Tensor, eta: float, generator: Any,
+            extra_args: dict | None = None, callback: run.Callback | None = None) -> Tensor:
+        """`model` (the solver's: a denoiser, or DDIM's epsilon model) from the pipeline's unit noise: a cached
+        fd.Sampler (one CUDA graph per step count and shape) where the run is deterministic on CUDA and has no
+        callback, else eagerly with the pipeline's generator for DDIM's noise."""
+        x = noise * setup.init_noise_sigma
+        if self.cuda_graph and noise.device.type == "cuda" and eta == 0 and callback is None:
+            key = (id(model), noise.device)  # models are cached per step count, so ids are stable
+            if key not in self.samplers:
+                self.samplers[key] = Sampler(model, setup.solver, setup.schedule.to(noise.device),
+                                             **setup.solver_options)
+            return self.samplers[key](x, extra_args=extra_args)
+        solver = get_solver(setup.solver, **setup.solver_options)
+        step_generator = generator if isinstance(generator, torch.Generator) else None
+        return run.sample(solver, model, x, setup.schedule.to(noise.device), extra_args, callback, True,
+                          generator=step_generator, k_diffusion_rng=False)
 
 
 def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num_inference_steps: int = 50,
@@ -333,8 +361,10 @@ def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num
     shape = (check_count("batch_size", batch_size), self.unet.config.in_channels,
              *((size, size) if isinstance(size, int) else size))
     noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+    setup = acceleration.setup(steps, eta)
     with torch.no_grad():
-        image = acceleration.sample(noise, steps, eta, generator)
+        image = acceleration.run(setup, acceleration.model(steps, lambda: setup.denoiser(self.unet)), noise, eta,
+                                 generator)
     image = (image / 2 + 0.5).clamp(0, 1)
     if output_type != "pt":
         image = image.cpu().permute(0, 2, 3, 1).numpy()
@@ -343,12 +373,122 @@ def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num
     return ImagePipelineOutput(images=image) if return_dict else (image,)
 
 
+def _accelerated_sd_call(self: Any, prompt: Any = None, height: int | None = None, width: int | None = None,
+                         num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt: Any = None,
+                         num_images_per_prompt: int = 1, eta: float = 0.0, generator: Any = None,
+                         latents: Tensor | None = None, prompt_embeds: Tensor | None = None,
+                         negative_prompt_embeds: Tensor | None = None, output_type: str = "pil",
+                         return_dict: bool = True, callback_on_step_end: Callable | None = None,
+                         callback_on_step_end_tensor_inputs: list[str] | None = None, clip_skip: int | None = None,
+                         guidance_rescale: float = 0.0, cross_attention_kwargs: dict | None = None,
+                         **unsupported: Any) -> Any:
+    """StableDiffusionPipeline's call with the loop replaced by fd's sampler: the prompt encoded, the latents drawn and
+    the images decoded by the pipeline's own methods; classifier-free guidance as fd.CFGDenoiser (one batched U-Net
+    call, as the pipeline). `callback_on_step_end` (eager) gets {"latents": ...} after each step and may not change
+    them."""
+    from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+
+    acceleration: Acceleration = self._fd_acceleration
+    if unsupported := {k: v for k, v in unsupported.items() if v is not None}:
+        raise ValueError(f"an accelerated pipeline does not take {sorted(unsupported)}; undo(pipe) to use them")
+    if guidance_rescale or cross_attention_kwargs or self.unet.config.time_cond_proj_dim is not None:
+        raise ValueError("guidance_rescale, cross_attention_kwargs and guidance-embedding U-Nets (LCM) are not "
+                         "supported by an accelerated pipeline; undo(pipe) to use them")
+    if eta != 0 and acceleration.solver != "ddim":
+        raise ValueError(f"eta={eta} is DDIM's; this pipeline samples with solver={acceleration.solver!r}")
+    if set(callback_on_step_end_tensor_inputs or ["latents"]) != {"latents"}:
+        raise ValueError(f"callback_on_step_end_tensor_inputs can only be ['latents'], got "
+                         f"{callback_on_step_end_tensor_inputs}")
+    steps = check_count("num_inference_steps", num_inference_steps)
+    size = self.unet.config.sample_size
+    height = height or (size if isinstance(size, int) else size[0]) * self.vae_scale_factor
+    width = width or (size if isinstance(size, int) else size[1]) * self.vae_scale_factor
+    self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
+    guided = guidance_scale > 1
+    device = self._execution_device
+    prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+        prompt, device, num_images_per_prompt, guided, negative_prompt, prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+    batch = len(prompt_embeds)
+    noise = self.prepare_latents(batch, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device,
+                                 generator, None if latents is None else latents)
+    noise = noise / self.scheduler.init_noise_sigma  # prepare_latents scaled by the pipeline's own scheduler
+    setup = acceleration.setup(steps, eta)
+    unet = self.unet
+
+    def eps(x: Tensor, t: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+        return unet(x, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    def build() -> Callable[..., Any]:
+        if not guided:
+            return setup.denoiser(eps)
+        if setup.solver == "ddim":  # CFG on epsilon; DDIM's integer timesteps as the float the adapter takes
+            cfg = CFGDenoiser(eps, guidance_scale, "encoder_hidden_states")
+            return _FloatTimesteps(cfg)
+        return CFGDenoiser(setup.denoiser(eps), guidance_scale, "encoder_hidden_states")
+
+    model = acceleration.model((steps, guided), build)
+    if guided:
+        (model.inner if isinstance(model, _FloatTimesteps) else model).set_scale(guidance_scale)
+        extra = {"cond": prompt_embeds, "uncond": negative_prompt_embeds}
+    else:
+        extra = {"encoder_hidden_states": prompt_embeds}
+    callback = None
+    if callback_on_step_end is not None:
+        callback = _StepCallbacks(self, callback_on_step_end, setup)
+    with torch.no_grad():
+        latents = acceleration.run(setup, model, noise, eta, generator, extra, callback)
+    if callback is not None:
+        callback.finish(latents)
+    if output_type == "latent":
+        image = latents
+    else:
+        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
+    self.maybe_free_model_hooks()
+    return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=None) if return_dict else (image, None)
+
+
+class _FloatTimesteps:
+    """DDIM's model called with its integer timesteps as floats (what the denoiser adapters check for)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        return self.inner(x, t.to(x.dtype), **kwargs)
+
+
+class _StepCallbacks:
+    """fd's per-step callback turned into diffusers' callback_on_step_end(pipe, i, t, {"latents": ...}) after each
+    step, the latents in the pipeline's space (variance preserving for DDIM and DPM-Solver)."""
+
+    def __init__(self, pipe: Any, callback: Callable, setup: DiffusersSchedule):
+        self.pipe, self.callback, self.setup = pipe, callback, setup
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if info["i"] > 0:  # fd reports x at the start of step i: the end of step i - 1
+            self.emit(info["i"] - 1, info["x"])
+
+    def finish(self, latents: Tensor) -> None:
+        self.emit(len(self.setup.schedule) - (1 if self.setup.solver != "ddim" else 0) - 1, latents)
+
+    def emit(self, i: int, x: Tensor) -> None:
+        if self.setup.solver == "dpmpp_2m":  # back to the scheduler's variance-preserving space
+            x = x / (self.setup.schedule[i + 1].double() ** 2 + 1).sqrt().item()
+        t = self.setup.timesteps[i * (2 if self.setup.solver == "heun" else 1)]  # Heun: two calls a step
+        returned = self.callback(self.pipe, i, t, {"latents": x})
+        if returned and returned.get("latents", x) is not x:
+            raise ValueError("callback_on_step_end returned new latents; an accelerated pipeline cannot take them "
+                             "(undo(pipe) to change latents between steps)")
+
+
 def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, deepcache: Any = None,
                skip_tuning: Any = None) -> Acceleration:
-    """Makes a diffusers DDPMPipeline / DDIMPipeline sample through this library: `pipe(...)` keeps its signature
-    (batch_size, generator, num_inference_steps, output_type, return_dict; eta for DDIM) and returns what the
-    pipeline's own loop returns with the diffusers scheduler of `solver` ("ddim", "euler", "heun", "dpmpp_2m"; built
-    from the pipeline's scheduler config), through a captured fd.Sampler on CUDA (`cuda_graph`). `deepcache` /
+    """Makes a diffusers DDPMPipeline / DDIMPipeline / StableDiffusionPipeline sample through this library:
+    `pipe(...)` keeps its signature and returns what the pipeline's own loop returns with the diffusers scheduler of
+    `solver` ("ddim", "euler", "heun", "dpmpp_2m"; see scheduler_like), through a captured fd.Sampler on CUDA
+    (`cuda_graph`; eager with a step callback or DDIM's eta > 0). `deepcache` /
     `skip_tuning`: an fd.unet.DeepCacheConfig / SkipTuningConfig put on the U-Net. `undo(pipe)` restores it all.
 
     >>> fd.integrations.diffusers.accelerate(pipe, solver="dpmpp_2m")
@@ -358,9 +498,8 @@ def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, dee
 
     if getattr(pipe, "_fd_acceleration", None) is not None:
         raise ValueError("pipe is already accelerated; undo(pipe) first to change the settings")
-    if type(pipe).__name__ not in UNET_PIPELINES:
-        raise TypeError(f"pipe must be a diffusers {' or '.join(UNET_PIPELINES)} (Stable Diffusion pipelines are not "
-                        f"supported yet), got {describe(pipe)}")
+    if type(pipe).__name__ not in UNET_PIPELINES + SD_PIPELINES:
+        raise TypeError(f"pipe must be a diffusers {', '.join(UNET_PIPELINES + SD_PIPELINES)}, got {describe(pipe)}")
     if solver not in PIPELINE_SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, PIPELINE_SOLVERS))}, got {solver!r}")
     if not isinstance(cuda_graph, bool):
@@ -369,9 +508,7 @@ def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, dee
         raise TypeError(f"deepcache must be an fd.unet.DeepCacheConfig or None, got {describe(deepcache)}")
     if skip_tuning is not None and not isinstance(skip_tuning, fd_unet.SkipTuningConfig):
         raise TypeError(f"skip_tuning must be an fd.unet.SkipTuningConfig or None, got {describe(skip_tuning)}")
-    import diffusers
-
-    scheduler = getattr(diffusers, PIPELINE_SOLVERS[solver]).from_config(pipe.scheduler.config)
+    scheduler = scheduler_like(pipe.scheduler, PIPELINE_SOLVERS[solver])
     from_diffusers(scheduler, 1)  # refuses, by name, a configuration the solver cannot reproduce
     handles = []
     if deepcache is not None:
@@ -379,7 +516,8 @@ def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, dee
     if skip_tuning is not None:
         handles.append(fd_unet.apply_skip_tuning(pipe.unet, skip_tuning))
     acceleration = Acceleration(pipe, type(pipe), scheduler, solver, cuda_graph, handles)
-    pipe.__class__ = type(f"Accelerated{type(pipe).__name__}", (type(pipe),), {"__call__": _accelerated_call})
+    call = _accelerated_sd_call if type(pipe).__name__ in SD_PIPELINES else _accelerated_call
+    pipe.__class__ = type(f"Accelerated{type(pipe).__name__}", (type(pipe),), {"__call__": call})
     pipe._fd_acceleration = acceleration
     return acceleration
 
