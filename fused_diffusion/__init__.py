@@ -15,7 +15,7 @@ from .sampling import (sample_amed, sample_consistency, sample_ddim, sample_dpm_
 from .solvers.analytic_dpm import sample_analytic_dpm
 from .schedules import (ddpm_alphas_cumprod, get_flow_times, get_sigmas_discrete, get_sigmas_exponential,
                         get_sigmas_karras, get_sigmas_logsnr, get_sigmas_polyexponential, get_sigmas_polynomial,
-                        get_sigmas_time_uniform, get_sigmas_vp, sigmas_from_alphas_cumprod)
+                        get_sigmas_time_uniform, get_sigmas_vp, img2img, sigmas_from_alphas_cumprod)
 
 
 def __getattr__(name: str):
@@ -39,7 +39,7 @@ __all__ = [
     "K_DIFFUSION_SAMPLERS", "ModelCall", "Sampler", "VDenoiser", "backends", "current_model_call",
     "ddpm_alphas_cumprod", "default_noise_sampler", "from_diffusers", "get_flow_times", "get_sigmas_discrete", "get_sigmas_exponential",
     "get_sigmas_karras", "get_sigmas_logsnr", "get_sigmas_polyexponential", "get_sigmas_polynomial",
-    "get_sigmas_time_uniform", "get_sigmas_vp", "integrations", "metrics", "model_call", *K_DIFFUSION_SAMPLERS, "sample_amed",
+    "get_sigmas_time_uniform", "get_sigmas_vp", "img2img", "integrations", "metrics", "model_call", *K_DIFFUSION_SAMPLERS, "sample_amed",
     "sample_analytic_dpm", "sample_consistency", "sample_ddim", "sample_ipndm", "sample_shortcut", "sdo", "shortcut",
     "sigmas_from_alphas_cumprod", "unet", "zoo",
 ]

@@ -270,3 +270,35 @@ def get_flow_times(n: int, device="cpu") -> Tensor:
     device = check_device(device)
     n = check_count("n", n)
     return torch.linspace(0, 1, n + 1, dtype=torch.float64).float().to(device)
+
+
+def img2img_schedule(schedule: Tensor, strength: float) -> Tensor:
+    """The part of an n-step schedule (sigmas ending at 0, or DDIM's n timesteps) that img2img with `strength`
+    runs: its last int(n * strength) steps, diffusers' img2img rule (get_timesteps). strength 1 is the whole
+    schedule; a strength that leaves no step is refused."""
+    strength = check_real("strength", strength)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    is_timesteps = not schedule.is_floating_point()
+    steps = len(schedule) if is_timesteps else len(schedule) - 1
+    kept = min(int(steps * strength), steps)
+    if kept == 0:
+        raise ValueError(f"strength={strength} of {steps} steps runs int({steps} * {strength}) = 0 steps; use a "
+                         f"strength of at least {1 / steps:.4g}")
+    return schedule[steps - kept:]
+
+
+def img2img(image: Tensor, noise: Tensor, sigmas: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+    """The start of an img2img run for any sampler: (x, sigmas[k:]) with the last int(n * strength) of the n steps
+    (diffusers' img2img rule) and x = image + noise * sigmas[k], the image noised to where they begin.
+
+    >>> x, tail = fd.img2img(image, torch.randn_like(image), sigmas, strength=0.6)
+    >>> edited = fd.sample_dpmpp_2m(denoiser, x, tail)
+    """
+    tail = img2img_schedule(validate_sigmas(sigmas), strength)
+    for name, value in (("image", image), ("noise", noise)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {describe(value)}")
+    if image.shape != noise.shape:
+        raise ValueError(f"image and noise must have one shape, got {tuple(image.shape)} and {tuple(noise.shape)}")
+    return image + noise * tail[0].to(image.device, image.dtype), tail

@@ -129,6 +129,35 @@ def test_img2img_arguments_are_checked(kwargs, match):
         setup.sample(eps_model, torch.randn(3, 16), disable=True, **kwargs)
 
 
+@pytest.mark.parametrize("sampler", [fd.sample_euler, fd.sample_dpmpp_2m, fd.sample_heun, fd.sample_lms])
+def test_img2img_start_for_any_sampler(sampler):
+    """fd.img2img gives any sampler the img2img start; with the schedulers' own sigmas and timesteps it is the
+    img2img pipelines' run (Euler, DPM-Solver++(2M), Heun; LMS has no such scheduler here: finite and shaped)."""
+    scheduler = {fd.sample_euler: diffusers.EulerDiscreteScheduler, fd.sample_dpmpp_2m: diffusers.DPMSolverMultistepScheduler,
+                 fd.sample_heun: diffusers.HeunDiscreteScheduler}.get(sampler, diffusers.EulerDiscreteScheduler)()
+    setup = fd.from_diffusers(scheduler, 10)
+    image = torch.rand(3, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    noise = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
+    x, tail = fd.img2img(image, noise, setup.schedule, 0.6)
+    assert len(tail) == 7 and torch.equal(tail, setup.schedule[4:])
+    got = sampler(setup.denoiser(eps_model), x, tail, disable=True)
+    if sampler is fd.sample_lms:
+        assert got.shape == image.shape and torch.isfinite(got).all()
+        return
+    expected = diffusers_img2img(type(scheduler).from_config(scheduler.config), 10, image, noise, 0.6)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_img2img_arguments_are_named():
+    sigmas = fd.get_sigmas_karras(10, 0.1, 10.0)
+    with pytest.raises(ValueError, match="image and noise must have one shape, got \\(2, 3\\) and \\(2, 4\\)"):
+        fd.img2img(torch.zeros(2, 3), torch.zeros(2, 4), sigmas, 0.5)
+    with pytest.raises(TypeError, match="image must be a floating-point tensor"):
+        fd.img2img(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), sigmas, 0.5)
+    with pytest.raises(ValueError, match="strength must be in \\(0, 1\\], got 0.0"):
+        fd.img2img(torch.zeros(2, 3), torch.zeros(2, 3), sigmas, 0.0)
+
+
 def test_the_callers_scheduler_is_left_as_it_was():
     scheduler = diffusers.EulerDiscreteScheduler()
     scheduler.set_timesteps(30)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..engine import Sampler
 from ..models import CFGDenoiser, EpsDenoiser
-from ..schedules import check_count, check_real, describe
+from ..schedules import check_count, describe, img2img_schedule
 from ..solvers import DDIM, Plan, get_solver, run
 
 # scheduler class name -> (fd solver, the configuration values fd's solver reproduces)
@@ -92,22 +92,6 @@ class DiffusersSchedule:
         """An fd.Sampler (one CUDA graph on a GPU) for this schedule; call it with noise * init_noise_sigma."""
         return Sampler(self.denoiser(eps_model), self.solver, self.schedule.to(device), **self.solver_options,
                        **options)
-
-
-def img2img_schedule(schedule: Tensor, strength: float) -> Tensor:
-    """The part of an n-step schedule (sigmas ending at 0, or DDIM's n timesteps) that img2img with `strength`
-    runs: its last int(n * strength) steps, diffusers' img2img rule (get_timesteps). strength 1 is the whole
-    schedule; a strength that leaves no step is refused."""
-    strength = check_real("strength", strength)
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    is_timesteps = not schedule.is_floating_point()
-    steps = len(schedule) if is_timesteps else len(schedule) - 1
-    kept = min(int(steps * strength), steps)
-    if kept == 0:
-        raise ValueError(f"strength={strength} of {steps} steps runs int({steps} * {strength}) = 0 steps; use a "
-                         f"strength of at least {1 / steps:.4g}")
-    return schedule[steps - kept:]
 
 
 def scheduler_like(scheduler: Any, name: str) -> Any:
