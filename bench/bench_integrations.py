@@ -6,8 +6,9 @@ a U-Net that is one multiply.
     python bench/readme_tables.py integrations
 
 For each scheduler (DDIM, DPM-Solver++(2M), built from one config): diffusers' scheduler in the pipeline,
-`FusedScheduler.from_config(config, solver=...)` in the same pipeline, and `fd.from_diffusers(scheduler,
-steps).sample` (this library's loop, no pipeline); the minimum of --repeats runs each, interleaved, after a warm-up.
+`FusedScheduler.from_config(config, solver=...)` in the same pipeline, the pipeline after
+`fd.integrations.accelerate(pipe, solver)`, and `fd.from_diffusers(scheduler, steps).sample` (this library's loop,
+no pipeline); the minimum of --repeats runs each, interleaved, after a warm-up.
 The outputs are checked equal before timing.
 """
 from __future__ import annotations
@@ -69,17 +70,22 @@ def main() -> None:
         for solver, name in SCHEDULERS.items():
             own = diffusers.DDPMPipeline(model, getattr(diffusers, name).from_config(config))
             fused = diffusers.DDPMPipeline(model, FusedScheduler.from_config(config, solver=solver))
+            accelerated = diffusers.DDPMPipeline(model, getattr(diffusers, name).from_config(config))
+            fd.integrations.accelerate(accelerated, solver=solver)
             setup = fd.from_diffusers(own.scheduler, args.steps)
             noise = torch.randn(args.batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-            for pipe in (own, fused):
+            for pipe in (own, fused, accelerated):
                 pipe.set_progress_bar_config(disable=True)
             call = dict(batch_size=args.batch, num_inference_steps=args.steps, output_type="np")
             runs = {"diffusers scheduler": lambda p=own: p(generator=torch.Generator().manual_seed(0), **call),
                     "FusedScheduler": lambda p=fused: p(generator=torch.Generator().manual_seed(0), **call),
+                    "accelerate(pipe)": lambda p=accelerated: p(generator=torch.Generator().manual_seed(0), **call),
                     "fd.from_diffusers(...).sample": lambda: setup.sample(model, noise, disable=True)}
             with torch.inference_mode():
-                a, b = runs["diffusers scheduler"]().images, runs["FusedScheduler"]().images
-                assert abs(a - b).max() < 1e-4, f"{solver}: FusedScheduler differs from {name} by {abs(a - b).max()}"
+                a = runs["diffusers scheduler"]().images
+                for key in ("FusedScheduler", "accelerate(pipe)"):
+                    b = runs[key]().images
+                    assert abs(a - b).max() < 1e-4, f"{solver}: {key} differs from {name} by {abs(a - b).max()}"
                 timings = {key: [] for key in runs}
                 for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all alike
                     for key, fn in runs.items():

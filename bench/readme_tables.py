@@ -159,18 +159,20 @@ def integrations_table() -> str:
     bench_integrations.py."""
     rows = read_csv(RESULTS / "integrations_speed_cpu.csv")
     first = rows[0]
-    lines = ["| model | scheduler | diffusers' scheduler, ms | FusedScheduler, ms | `from_diffusers(...).sample`, ms |",
-             "|---|---|---|---|---|"]
+    methods = ("FusedScheduler", "accelerate(pipe)", "fd.from_diffusers(...).sample")
+    lines = ["| model | scheduler | diffusers' scheduler, ms | FusedScheduler, ms | `accelerate(pipe)`, ms "
+             "| `from_diffusers(...).sample`, ms |", "|---|---|---|---|---|---|"]
     cells = {(r["model"], r["scheduler"], r["method"]): r for r in rows}
     for model, scheduler in dict.fromkeys((r["model"], r["scheduler"]) for r in rows):
         shown = [f"{significant(float(cells[model, scheduler, m]['ms']))} "
                  f"({float(cells[model, scheduler, m]['speedup_vs_diffusers']):.2f}×)"
-                 for m in ("FusedScheduler", "fd.from_diffusers(...).sample")]
+                 for m in methods]
         lines.append(f"| {model} | {scheduler} | {significant(float(cells[model, scheduler, 'diffusers scheduler']['ms']))}"
                      f" | " + " | ".join(shown) + " |")
-    return (f"`DDPMPipeline` at {first['steps']} steps, batch {first['batch']}, with diffusers' scheduler and with "
-            "FusedScheduler, and this library's own loop (`fd.from_diffusers`, no pipeline) on the same noise; the best "
-            "of 5 interleaved runs, speed relative to diffusers' scheduler in brackets, outputs checked equal first. " + provenance(first)
+    return (f"`DDPMPipeline` at {first['steps']} steps, batch {first['batch']}, with diffusers' scheduler, with "
+            "FusedScheduler and accelerated, and this library's own loop (`fd.from_diffusers`, no pipeline) on the "
+            "same noise; the best of 5 interleaved runs, speed relative to diffusers' scheduler in brackets, outputs "
+            "checked equal first. " + provenance(first)
             + "\n\n" + "\n".join(lines))
 
 

@@ -300,8 +300,14 @@ class Acceleration:
 
     models: dict[Any, Callable[..., Any]] = field(default_factory=dict)
 
+    setups: dict[tuple, DiffusersSchedule] = field(default_factory=dict)
+
     def setup(self, steps: int, eta: float) -> DiffusersSchedule:
-        return from_diffusers(self.scheduler, steps, **({"eta": eta} if self.solver == "ddim" else {}))
+        """from_diffusers for this step count (and DDIM's eta), made once."""
+        key = (steps, eta if self.solver == "ddim" else 0.0)
+        if key not in self.setups:
+            self.setups[key] = from_diffusers(self.scheduler, steps, **({"eta": eta} if self.solver == "ddim" else {}))
+        return self.setups[key]
 
     def model(self, key: Any, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
         """The solver's model for `key` (the step count, ...), built once (a captured graph is kept per model)."""
