@@ -111,3 +111,23 @@ def test_unsupported_options_are_named(components):
     with pytest.raises(ValueError, match="eta=0.5 is DDIM's; this pipeline samples with solver='euler'"):
         images(pipe, eta=0.5)
     fd.integrations.undo(pipe)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "euler"])
+def test_accelerated_sd_pipeline_replays_one_cuda_graph(components, solver):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pipe = pipeline(components, SOLVERS[solver]()).to("cuda")
+    embeds = {k: v.cuda() for k, v in EMBEDS.items()}
+    expected = pipe(generator=torch.Generator("cuda").manual_seed(0), num_inference_steps=6, guidance_scale=5.0,
+                    output_type="pt", **embeds).images
+    handle = fd.integrations.accelerate(pipe, solver=solver)
+    for scale in (5.0, 5.0):  # the second call replays
+        got = pipe(generator=torch.Generator("cuda").manual_seed(0), num_inference_steps=6, guidance_scale=scale,
+                   output_type="pt", **embeds).images
+        assert rel(got, expected) < 1e-3
+    (sampler,) = handle.samplers.values()
+    assert sampler.captures == 1
+    fd.integrations.undo(pipe)
+    pipe.to("cpu")
