@@ -140,9 +140,7 @@ def plot_cost(rows: list[dict], path: Path) -> None:
 
 
 def steering(args: argparse.Namespace) -> None:
-    import matplotlib.pyplot as plt
-
-    from fused_diffusion.demo import image_grid
+    from fused_diffusion.demo import save_panels
 
     denoiser, _, shape = fd.zoo.digits()
     sigmas = fd.get_sigmas_karras(args.steps, denoiser.sigma_min, denoiser.sigma_max)
@@ -167,15 +165,10 @@ def steering(args: argparse.Namespace) -> None:
                      "fd_steered": fd.metrics.frechet_distance(pictures[method])})
         print(rows[-1], flush=True)
     path = write_csv("sdo_steer", rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 8.5))
-    for ax, (method, images) in zip(axes, pictures.items()):
-        ax.imshow(image_grid(images.view(10, 8, *shape).transpose(0, 1).reshape(80, *shape), 10), cmap="gray",
-                  vmin=0, vmax=1)
-        ax.set_title(f"{'SDO' if method == 'sdo' else 'full backprop'}: columns steered to 0..9")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=100)
-    print(f"wrote {path.with_suffix('.png')}")
+    # one row per noise, one column per target class
+    save_panels({f"{'SDO' if method == 'sdo' else 'full backprop'}: columns steered to 0..9":
+                 images.view(10, 8, *shape).transpose(0, 1).reshape(80, *shape) for method, images in pictures.items()},
+                10, path.with_suffix(".png"), figsize=(10, 8.5))
 
 
 def main() -> None:

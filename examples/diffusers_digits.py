@@ -12,7 +12,7 @@ import diffusers
 import torch
 
 import fused_diffusion as fd
-from fused_diffusion.demo import image_grid
+from fused_diffusion.demo import save_panels
 
 
 def main() -> None:
@@ -22,7 +22,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", default="diffusers_digits.png")
     args = parser.parse_args()
-    import matplotlib.pyplot as plt
 
     unet = fd.zoo.digits().denoiser.inner_model
     scheduler = {"ddim": diffusers.DDIMScheduler(clip_sample=False), "dpmpp_2m": diffusers.DPMSolverMultistepScheduler()}
@@ -39,13 +38,7 @@ def main() -> None:
         print(f"{label}: {time.perf_counter() - start:.2f} s")
     fd.integrations.undo(pipe)
     print(f"largest pixel difference: {(results['own loop'] - results['accelerated']).abs().max():.2e}")
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
-    for ax, (label, images) in zip(axes, results.items()):
-        ax.imshow(image_grid(images * 2 - 1, 8), cmap="gray", vmin=0, vmax=1)  # image_grid takes [-1, 1]
-        ax.set_title(label)
-        ax.axis("off")
-    fig.savefig(args.out, dpi=100, bbox_inches="tight")
-    print(f"wrote {args.out}")
+    save_panels({label: images * 2 - 1 for label, images in results.items()}, 8, args.out)  # pipeline: [0, 1]
 
 
 if __name__ == "__main__":

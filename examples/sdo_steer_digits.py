@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_diffusion as fd
-from fused_diffusion.demo import image_grid
+from fused_diffusion.demo import save_panels
 
 
 def steer(denoiser, noise: torch.Tensor, target: int, steps: int, grad_step: int | str = "random",
@@ -49,7 +49,6 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full backpropagation instead of SDO")
     parser.add_argument("--out", default="sdo_steer_digits.png")
     args = parser.parse_args()
-    import matplotlib.pyplot as plt
 
     denoiser, _, shape = fd.zoo.digits()
     noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(0))
@@ -59,13 +58,7 @@ def main() -> None:
     before = fd.sample_dpmpp_2m(denoiser, noise * sigmas[0], sigmas, disable=True)
     after = fd.sample_dpmpp_2m(denoiser, steered * sigmas[0], sigmas, disable=True)
     print(f"classified as {args.target}: {hits[0]:.0%} before, {hits[-1]:.0%} after {args.iterations} iterations")
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
-    for ax, images, title in [(axes[0], before, "initial noise"), (axes[1], after, f"steered to {args.target}")]:
-        ax.imshow(image_grid(images, 4), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    fig.savefig(args.out, dpi=100, bbox_inches="tight")
-    print(f"wrote {args.out}")
+    save_panels({"initial noise": before, f"steered to {args.target}": after}, 4, args.out)
 
 
 if __name__ == "__main__":

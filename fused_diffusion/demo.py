@@ -78,6 +78,24 @@ def image_grid(images: Tensor, columns: int) -> Tensor:
     return grid
 
 
+def save_panels(panels: dict[str, Tensor], columns: int, path: str | Path,
+                figsize: tuple[float, float] = (8, 4.5)) -> None:
+    """Image grids ([N, 1, R, R] in [-1, 1]) side by side, each titled with its key, saved as one picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
+    for ax, (title, images) in zip(axes[0], panels.items()):
+        ax.imshow(image_grid(images, columns), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], budgets: list[int], data_fd: float,
                   out: Path, shown: int = 36) -> None:
     import matplotlib
