@@ -91,7 +91,7 @@ def _in_model_dtype(x_in: Tensor, model: Callable[..., Any]) -> Tensor:
     return x_in
 
 
-def _rows(*columns: Tensor) -> Tensor:
+def lincomb_rows(*columns: Tensor) -> Tensor:
     """Per-sample coefficient rows [B, K] from K vectors of shape [B]."""
     return torch.stack([c.float() for c in columns], dim=1)
 
@@ -147,10 +147,9 @@ class EpsDenoiser(nn.Module):
         if self.table_sigmas is None:
             return t if not self.quantize else t.long()
         # a sigma of the table (to float32 rounding) takes its timestep; a select, so no host sync
-        gap = (sigma.float()[None] - self.table_sigmas[:, None]).abs()
-        nearest = gap.argmin(dim=0)
-        exact = gap.min(dim=0).values <= 1e-6 * sigma.float().abs()
-        return torch.where(exact, self.table_timesteps[nearest], t)
+        nearest = (sigma.float()[None] - self.table_sigmas[:, None]).abs().min(dim=0)
+        exact = nearest.values <= 1e-6 * sigma.float().abs()
+        return torch.where(exact, self.table_timesteps[nearest.indices], t)
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
         _check_call(x, sigma)
@@ -158,7 +157,7 @@ class EpsDenoiser(nn.Module):
         x_in = ops.lincomb([x], c_in[:, None])
         eps = _inner_output(self.inner_model(_in_model_dtype(x_in, self.inner_model), self.sigma_to_t(sigma), **kwargs),
                             "eps", x.shape, x)
-        return ops.lincomb([x, eps], _rows(torch.ones_like(sigma), -sigma))
+        return ops.lincomb([x, eps], lincomb_rows(torch.ones_like(sigma), -sigma))
 
 
 def _check_timestep_table(table: object) -> tuple[Tensor, Tensor]:
@@ -185,7 +184,7 @@ class VDenoiser(EpsDenoiser):
         x_in = ops.lincomb([x], c_in[:, None])
         v = _inner_output(self.inner_model(_in_model_dtype(x_in, self.inner_model), self.sigma_to_t(sigma), **kwargs),
                           "v", x.shape, x)
-        return ops.lincomb([x, v], _rows(c_in**2, -sigma32 * c_in))
+        return ops.lincomb([x, v], lincomb_rows(c_in**2, -sigma32 * c_in))
 
 
 class FlowDenoiser(nn.Module):
@@ -204,7 +203,7 @@ class FlowDenoiser(nn.Module):
         t = 1 / (1 + sigma.float())
         x_in = _in_model_dtype(ops.lincomb([x], t[:, None]), self.inner_model)
         v = _inner_output(self.inner_model(x_in, t, **kwargs), "v", x.shape, x)
-        return ops.lincomb([x, v], _rows(t, sigma.float() * t))
+        return ops.lincomb([x, v], lincomb_rows(t, sigma.float() * t))
 
 
 class CFGDenoiser(nn.Module):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..engine import Sampler
-from ..models import CFGDenoiser, EpsDenoiser
+from .. import ops
+from ..models import CFGDenoiser, EpsDenoiser, lincomb_rows
 from ..schedules import check_count, describe, img2img_schedule
 from ..solvers import DDIM, Plan, get_solver, run
 
@@ -261,7 +262,7 @@ class FusedScheduler:
         at the step's sigma in the solver's space."""
         if self.solver == "ddim":
             return self._model_output
-        return x - level.to(x.dtype).view(-1, *[1] * (x.dim() - 1)) * self._model_output.to(x.dtype)
+        return ops.lincomb([x, self._model_output], lincomb_rows(torch.ones_like(level), -level))  # EpsDenoiser's
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """As the reference scheduler (img2img pipelines noise their image with it)."""
