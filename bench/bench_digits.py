@@ -186,7 +186,7 @@ def resolution(args: argparse.Namespace) -> None:
             path = train(res, iterations, 1.1 * args.minutes, tmp)
             minutes = (time.perf_counter() - start) / 60
             denoiser, _, shape = fd.zoo.digits(path=path)
-            iterations = fd.zoo.store.read_weights(path)[1]["info"]["iterations"]
+            iterations = fd.files.read_any(path)[1]["info"]["iterations"]
         noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(0))
         sigmas = fd.get_sigmas_karras(50, denoiser.sigma_min, denoiser.sigma_max)
         images = fd.sample_heun(denoiser, noise * sigmas[0], sigmas, disable=True)

@@ -46,26 +46,43 @@ def print_backends(problem: str | None) -> None:
     raise SystemExit(f"error: {problem}; the report above ignores it")
 
 
+# which `train` options each model reads; another option given is refused by name, not silently ignored
+UNET_OPTIONS = ("iterations", "batch_size", "lr", "seed", "max_minutes", "threads", "workdir", "resume", "out")
+TRAIN_OPTIONS = {"digits": UNET_OPTIONS, "digits-shortcut": UNET_OPTIONS, "digits-flow": UNET_OPTIONS,
+                 "digits-classifier": ("seed", "threads", "out"),
+                 "digits-amed": ("student", "calls", "trajectories", "seed", "threads", "out")}
+
+
+def check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits as argparse does when an option the chosen model does not read was given another value."""
+    for name in vars(args):
+        if name in ("command", "model") or name in TRAIN_OPTIONS[args.model]:
+            continue
+        if getattr(args, name) != parser.get_default(name):
+            parser.error(f"argument --{name.replace('_', '-')}: not used by `train {args.model}` (it reads "
+                         f"{', '.join('--' + o.replace('_', '-') for o in TRAIN_OPTIONS[args.model])})")
+
+
 def train(args: argparse.Namespace) -> None:
     from fused_diffusion.zoo import classifier, train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model == "digits-classifier":
         model, acc = classifier.train_classifier(seed=args.seed)
-        classifier.save_classifier(model, acc, seed=args.seed)
-        print(f"held-out accuracy {acc:.4f}; wrote {classifier.CLASSIFIER_WEIGHTS}")
+        path = args.out or classifier.CLASSIFIER_WEIGHTS
+        classifier.save_classifier(model, acc, path, seed=args.seed)
+        print(f"held-out accuracy {acc:.4f}; wrote {path}")
         return
     if args.model == "digits-amed":
         from fused_diffusion.zoo.digits_amed import train_digits_amed
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(f"wrote {train_digits_amed(args.student, args.calls, args.trajectories, args.seed, args.out and Path(args.out))}")
+        print(f"wrote {train_digits_amed(args.student, args.calls, args.trajectories, args.seed, args.out)}")
         return
     objective = {"digits": "ddpm", "digits-shortcut": "shortcut", "digits-flow": "flow"}[args.model]
     cfg = train.TrainConfig(objective=objective, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
-                            workdir=Path(args.workdir or f"runs/{args.model}"),
-                            **({"out": Path(args.out)} if args.out else {}))
+                            workdir=args.workdir or Path(f"runs/{args.model}"), out=args.out)
     print(f"wrote {train.train_digits(cfg, resume=args.resume)}")
 
 
@@ -83,12 +100,13 @@ def main() -> None:
     t.add_argument("--iterations", type=cli_args.count(), default=defaults.iterations)
     t.add_argument("--batch-size", type=cli_args.count(), default=defaults.batch_size)
     t.add_argument("--lr", type=cli_args.real(above=0), default=defaults.lr)
-    t.add_argument("--seed", type=int, default=defaults.seed)
+    t.add_argument("--seed", type=cli_args.seed, default=defaults.seed)
     t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
     t.add_argument("--threads", type=cli_args.count(), default=None)
-    t.add_argument("--workdir", default=None, help="checkpoints (resumable with --resume; default runs/MODEL)")
+    t.add_argument("--workdir", type=cli_args.folder, default=None,
+                   help="checkpoints (resumable with --resume; default runs/MODEL)")
     t.add_argument("--resume", action="store_true")
-    t.add_argument("--out", default=None, help="weights file (default: the shipped one)")
+    t.add_argument("--out", type=cli_args.file_path, default=None, help="weights file (default: the shipped one)")
     t.add_argument("--student", choices=fd.amed.predictor.STUDENTS, default="amed", help="digits-amed: the solver")
     t.add_argument("--calls", type=cli_args.count(), default=5, help="digits-amed: model calls of the student")
     t.add_argument("--trajectories", type=cli_args.count(), default=30_000, help="digits-amed: teacher trajectories")
@@ -104,7 +122,11 @@ def main() -> None:
     elif args.command == "generate":
         generate.main(args)
     elif args.command == "train":
-        train(args)
+        check_train_options(t, args)
+        try:
+            train(args)
+        except fd.zoo.train.CheckpointError as e:  # a checkpoint of another run in --workdir
+            t.error(f"argument --workdir: {e}")
 
 
 if __name__ == "__main__":

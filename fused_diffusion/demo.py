@@ -221,8 +221,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     digits.add_argument("--reference-samples", type=cli_args.count(), default=50,
                         help="how many of the samples get the 1000-call reference solve (trajectory error)")
     digits.add_argument("--reference-calls", type=cli_args.count(), default=1000)
-    digits.add_argument("--seed", type=int, default=0)
-    digits.add_argument("--out", default="demo", help="folder for samples.png and quality.png")
+    digits.add_argument("--seed", type=cli_args.seed, default=0)
+    digits.add_argument("--out", type=cli_args.folder, default="demo", help="folder for samples.png and quality.png")
     gmm = parser.add_argument_group("Gaussian mixture (--gmm)")
     gmm.add_argument("--steps", type=cli_args.count(), nargs="+", default=[5, 10, 20, 40])
     gmm.add_argument("--dim", type=cli_args.count(), default=64)

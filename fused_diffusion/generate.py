@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 import fused_diffusion as fd
-from fused_diffusion import cli_args
+from fused_diffusion import cli_args, files
+from fused_diffusion.files import write_atomically
 
 PROG = "python -m fused_diffusion generate"
 MODELS = ("digits",)
@@ -100,9 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "refuses --num as an ambiguous prefix of its --numa-binding)")
     parser.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m")
     parser.add_argument("--calls", type=cli_args.count(), default=10, help="model calls per sample")
-    parser.add_argument("--out", required=True, help="folder for the manifest, shards, pictures and metrics")
+    parser.add_argument("--out", type=cli_args.folder, required=True,
+                        help="folder for the manifest, shards, pictures and metrics")
     parser.add_argument("--batch", type=cli_args.count(), default=500, help="samples per sampler call")
-    parser.add_argument("--seed", type=cli_args.count(0), default=0, help="shard k's seed is seed * 1000003 + k")
+    parser.add_argument("--seed", type=cli_args.seed, default=0, help="shard k's seed is seed * 1000003 + k")
     parser.add_argument("--shard-size", type=cli_args.count(), default=1000, help="samples per shard file")
     parser.add_argument("--png", action="store_true", help="also a PNG grid per shard")
     parser.add_argument("--metrics", action="store_true",
@@ -129,6 +131,9 @@ def check_arguments(args: argparse.Namespace) -> int:
     if args.metrics and args.num < 2:
         usage_error(f"argument --num: --metrics fits a Gaussian, which needs at least 2 samples, got {args.num}")
     last = shard_count(args.num, args.shard_size) - 1
+    if last >= SEED_MULTIPLIER:  # shard seeds are distinct for indices below it (and the manifest lists every shard)
+        usage_error(f"argument --num: {args.num} samples in shards of {args.shard_size} make {last + 1} shards; at most "
+                    f"{SEED_MULTIPLIER} are allowed: raise --shard-size or lower --num")
     if shard_seed(args.seed, last) > MAX_SEED:
         usage_error(f"argument --seed: must be at most {(MAX_SEED - last) // SEED_MULTIPLIER} (shard seeds are "
                     f"int64), got {args.seed}")
@@ -179,28 +184,26 @@ def new_manifest(config: dict) -> dict:
 
 
 def check_folder(out: Path, config: dict) -> bool:
-    """Whether `out` already holds this configuration's manifest; exits naming the differing keys if it holds
-    another one. Reads only."""
+    """Whether `out` already holds this configuration's manifest; exits as an argument error (status 2, one line)
+    if `out` is a file, its manifest unreadable, or it holds another configuration. Reads only."""
+    if out.exists() and not out.is_dir():
+        usage_error(f"argument --out: {str(out)!r} is a file, not a folder")
     path = out / MANIFEST
     if not path.exists():
         return False
     try:
         found = json.loads(path.read_text())["config"]
+        if not isinstance(found, dict):
+            raise TypeError(f"its 'config' is a {type(found).__name__}, not an object")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SystemExit(f"error: {path} is not a readable manifest ({error}); use another --out") from None
+        usage_error(f"argument --out: {path} is not a manifest of this command ({type(error).__name__}: {error}); "
+                    "use another --out")
     if found == config:
         return True
     differing = [f"{key}: {found.get(key)!r} there, {config.get(key)!r} now"
-                 for key in sorted(set(found) | set(config)) if found.get(key) != config.get(key)]
-    raise SystemExit(f"error: {out} holds samples of another configuration (differing: {'; '.join(differing)}); "
-                     "rerun with the same arguments to resume, or choose another --out")
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(temporary path)`, then os.replace onto `path`: a reader (or a killed run) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
+                 for key in sorted(set(found) | set(config), key=str) if found.get(key) != config.get(key)]
+    usage_error(f"argument --out: {out} holds samples of another configuration (differing: {'; '.join(differing)}); "
+                "rerun with the same arguments to resume, or choose another --out")
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -208,35 +211,31 @@ def write_json(path: Path, value: dict) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
 
 
+def shard_metadata(shard: dict, config_digest: str) -> dict:
+    """What a shard file records of itself: its index, seed and size, and the configuration's digest."""
+    return {"index": shard["index"], "seed": shard["seed"], "samples": shard["samples"], "digest": config_digest}
+
+
 def read_shard(path: Path, shard: dict, config_digest: str) -> Tensor | None:
     """The shard's images if `path` is a complete shard of this configuration (readable, its index, seed and digest
     in the metadata, the right number of samples), else None."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            images = f.get_tensor("images")
-    except (OSError, SafetensorError, ValueError, RuntimeError):
+        tensors, meta = files.read(path, files.GENERATE_SHARD)
+    except (OSError, ValueError):
         return None
-    expected = {"index": str(shard["index"]), "seed": str(shard["seed"]), "samples": str(shard["samples"]),
-                "digest": config_digest}
-    if any(meta.get(key) != value for key, value in expected.items()) or len(images) != shard["samples"]:
+    expected = shard_metadata(shard, config_digest)
+    images = tensors.get("images")
+    if any(meta.get(key) != value for key, value in expected.items()) or images is None or len(images) != shard["samples"]:
         return None
     return images
 
 
 def write_shard(out: Path, shard: dict, images: Tensor, config_digest: str, png: bool) -> None:
-    """The PNG grid (with --png) first, then the tensor: a shard file that exists has its picture. The bytes are
-    written by Python (safetensors' own file writer makes files only their owner can read)."""
-    from safetensors.torch import save
-
+    """The PNG grid (with --png) first, then the tensor: a shard file that exists has its picture. Written in
+    canonical bytes (fused_diffusion.files), so a shard's file does not depend on the process that wrote it."""
     if png:
         write_png(out / f"{shard_name(shard['index'])}.png", images)
-    metadata = {"index": str(shard["index"]), "seed": str(shard["seed"]), "samples": str(shard["samples"]),
-                "digest": config_digest}
-    write_atomically(out / shard["file"],
-                     lambda tmp: tmp.write_bytes(save({"images": images.contiguous()}, metadata=metadata)))
+    files.save(out / shard["file"], {"images": images}, files.GENERATE_SHARD, **shard_metadata(shard, config_digest))
 
 
 def write_png(path: Path, images: Tensor) -> None:
@@ -316,10 +315,30 @@ def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: i
     """This rank's part of the run: check the folder, (rank 0) write the manifest, sample the missing shards it owns,
     then (rank 0, after every rank is done) the metric."""
     denoiser, _, shape = fd.zoo.digits(device=device)
+    spec = SOLVERS[args.solver]
+    generator = torch.Generator(device) if spec.stochastic else None
+    try:  # before any file is written: a schedule the solver cannot take (too many steps for float32) is --calls'
+        sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max, device=device)
+        sampler = fd.Sampler(denoiser, args.solver, sigmas, cuda_graph=device.type == "cuda", generator=generator)
+    except ValueError as e:
+        usage_error(f"argument --calls: {args.calls} calls of {args.solver} cannot be sampled: {e}")
     config = configuration(args, steps, denoiser.sigma_min, denoiser.sigma_max)
-    out = Path(args.out)
+    out = args.out
     resuming = check_folder(out, config)  # every rank checks (reads only), so a refusal stops them all alike
     manifest = new_manifest(config)
+    try:
+        write_shards(args, out, manifest, resuming, sampler, shape, device, rank, world)
+    except OSError as e:  # a folder where a shard goes, a full disk, no permission: one line, not a traceback
+        usage_error(f"argument --out: cannot write into {str(out)!r}: {e}")
+    if args.metrics and rank == 0:
+        metrics = compute_metrics(out, manifest)
+        write_json(out / METRICS, metrics)
+        print(f"FD {metrics['fd']:.3f} over {metrics['samples']} samples; wrote {out / METRICS}", flush=True)
+
+
+def write_shards(args: argparse.Namespace, out: Path, manifest: dict, resuming: bool, sampler: fd.Sampler,
+                 shape: tuple[int, ...], device: torch.device, rank: int, world: int) -> None:
+    """(rank 0) the manifest, then the missing shards this rank owns; returns when every rank is done."""
     if rank == 0 and not resuming:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / MANIFEST, manifest)
@@ -334,10 +353,6 @@ def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: i
             todo.append(shard)
         elif args.png and not picture.exists():  # a rerun with --png draws the shards sampled without it
             write_png(picture, images)
-    spec = SOLVERS[args.solver]
-    generator = torch.Generator(device) if spec.stochastic else None
-    sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max, device=device)
-    sampler = fd.Sampler(denoiser, args.solver, sigmas, cuda_graph=device.type == "cuda", generator=generator)
     pause = pause_after()
     start = time.perf_counter()
     with tqdm(total=sum(s["samples"] for s in todo), unit="sample", disable=rank != 0,
@@ -352,7 +367,3 @@ def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: i
         print(f"rank 0/{world}: sampled {len(todo)} shards, skipped {len(mine) - len(todo)} complete ones "
               f"({time.perf_counter() - start:.1f} s); {len(manifest['shards'])} shards in {out}", flush=True)
     barrier(world)
-    if args.metrics and rank == 0:
-        metrics = compute_metrics(out, manifest)
-        write_json(out / METRICS, metrics)
-        print(f"FD {metrics['fd']:.3f} over {metrics['samples']} samples; wrote {out / METRICS}", flush=True)

@@ -7,7 +7,7 @@ import torch
 
 import fused_diffusion as fd
 from fused_diffusion.zoo import digits_unet as zoo_digits
-from fused_diffusion.zoo.store import read_weights
+from fused_diffusion import files
 from fused_diffusion.zoo.train import TrainConfig, train_digits
 
 # FD of 300 DDIM samples (50 calls, seed 0) against the held-out digits: 9.02 measured on the shipped weights
@@ -41,7 +41,7 @@ def test_shipped_files_are_small_and_the_unet_follows_the_recipe(model):
     assert sum(p.numel() for p in unet.parameters()) <= 3_000_000
     assert len(unet.config.block_out_channels) == 3  # three resolution levels
     assert unet.config.down_block_types[-1].startswith("Attn") and unet.config.up_block_types[0].startswith("Attn")
-    info = read_weights(zoo_digits.DIGITS_WEIGHTS)[1]["info"]
+    info = files.read_any(zoo_digits.DIGITS_WEIGHTS)[1]["info"]
     assert info["train_minutes"] <= 60 and info["iterations"] > 0
 
 
@@ -76,15 +76,15 @@ def test_corrupt_weights_name_the_file(tmp_path, damage):
     bad = tmp_path / "damaged.safetensors"
     bad.write_bytes({"garbage": b"not a safetensors file at all", "truncated": data[: len(data) // 2],
                      "empty": b""}[damage])
-    with pytest.raises(RuntimeError, match="damaged.safetensors"):
+    with pytest.raises(ValueError, match="damaged.safetensors' is not a readable safetensors file"):
         fd.zoo.digits(path=bad)
 
 
 def test_weights_that_do_not_match_their_config_name_the_file(tmp_path):
-    tensors, metadata = read_weights(zoo_digits.DIGITS_WEIGHTS)
+    tensors, metadata = files.read_any(zoo_digits.DIGITS_WEIGHTS)
     tensors.pop(next(iter(tensors)))
     path = tmp_path / "mismatch.safetensors"
-    fd.zoo.store.save_weights(path, tensors, **metadata)
+    files.save(path, tensors, files.DIGITS_UNET, **metadata)
     with pytest.raises(RuntimeError, match="mismatch.safetensors do not match their config"):
         fd.zoo.digits(path=path)
 
@@ -93,7 +93,7 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
     def run(workdir: Path, iterations: int, resume: bool = False) -> dict:
         cfg = TrainConfig(channels=(8, 16, 16), iterations=iterations, batch_size=16, warmup=2, checkpoint_every=2,
                           workdir=workdir, out=workdir / "out.safetensors")
-        return read_weights(train_digits(cfg, resume=resume, progress=False))[0]
+        return files.read_any(train_digits(cfg, resume=resume, progress=False))[0]
 
     straight = run(tmp_path / "a", 4)
     # interrupted by the time limit after its first iteration (checkpoint saved), then resumed to 4
@@ -135,7 +135,7 @@ def test_shipped_shortcut_model_samples_in_one_step_where_flow_matching_cannot()
     for objective in ("shortcut", "flow"):
         model, shape = fd.zoo.digits_shortcut(objective=objective)
         assert shape == (1, 8, 8) and model.step_conditioned == (objective == "shortcut")
-        info = read_weights(fd.zoo.train.WEIGHTS[objective])[1]["info"]
+        info = files.read_any(fd.zoo.train.WEIGHTS[objective])[1]["info"]
         assert info["train_minutes"] <= 60 and info["iterations"] == 6000
         with torch.inference_mode():
             scores[objective] = fd.metrics.evaluate(fd.sample_shortcut(model, noise, 1, disable=True))
@@ -149,9 +149,10 @@ def test_shortcut_training_writes_a_loadable_model(tmp_path):
     model, shape = fd.zoo.digits_shortcut(path=train_digits(cfg, progress=False))
     x = fd.sample_shortcut(model, torch.randn(2, *shape), 2, disable=True)
     assert x.shape == (2, *shape) and torch.isfinite(x).all()
-    with pytest.raises(ValueError, match="holds a 'ddpm' model, not a shortcut or flow model"):
+    with pytest.raises(ValueError, match=r"is a digits U-Net \(epsilon prediction\) file, not a shortcut digits "
+                                         r"U-Net file: load it with fd.zoo.digits\(path=path\)"):
         fd.zoo.digits_shortcut(path=zoo_digits.DIGITS_WEIGHTS)
-    with pytest.raises(ValueError, match="holds a 'shortcut' model, not an epsilon"):
+    with pytest.raises(ValueError, match=r"is a shortcut digits U-Net file, not a digits U-Net"):
         fd.zoo.digits(path=tmp_path / "shortcut.safetensors")
     with pytest.raises(ValueError, match="objective must be 'shortcut' or 'flow', got 'ddpm'"):
         fd.zoo.digits_shortcut(objective="ddpm")

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import NATIVE_RESOLUTION, load_digits_split
-from .store import WEIGHTS_DIR, read_weights, save_weights
+from .. import files
+from .store import WEIGHTS_DIR
 
 FEATURES = 64
 CLASSIFIER_WEIGHTS = WEIGHTS_DIR / "digits_classifier.safetensors"
@@ -76,12 +77,12 @@ def train_classifier(epochs: int = 60, batch_size: int = 64, lr: float = 1e-3, s
 
 
 def save_classifier(classifier: DigitsClassifier, heldout_accuracy: float, path=CLASSIFIER_WEIGHTS, **info) -> None:
-    save_weights(path, classifier.state_dict(), info={"heldout_accuracy": heldout_accuracy, **info})
+    files.save(path, classifier.state_dict(), files.CLASSIFIER, info={"heldout_accuracy": heldout_accuracy, **info})
 
 
 def load_classifier(path=CLASSIFIER_WEIGHTS) -> tuple[DigitsClassifier, dict]:
     """(classifier in eval mode without gradients, its training info incl. 'heldout_accuracy')."""
-    tensors, metadata = read_weights(path)
+    tensors, metadata = files.read(path, files.CLASSIFIER)
     classifier = DigitsClassifier()
     classifier.load_state_dict(tensors)
     return classifier.eval().requires_grad_(False), metadata.get("info", {})

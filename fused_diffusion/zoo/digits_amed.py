@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from ..amed import Predictor, distill, schedule
+from ..amed.predictor import STUDENTS
+from ..schedules import check_count
 from .digits_unet import digits
 from .store import WEIGHTS_DIR
 
@@ -37,7 +39,9 @@ def digits_amed(denoiser: Any, student: str = "amed", calls: int = 5) -> Predict
     >>> predictor = fd.zoo.digits_amed(denoiser)          # AMED-Solver, 5 model calls
     >>> images = predictor.sample(denoiser, torch.randn(16, *shape) * predictor.sigmas[0])
     """
-    path = digits_amed_path(student, calls)
+    if not isinstance(student, str) or student not in STUDENTS:
+        raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+    path = digits_amed_path(student, check_count("calls", calls))
     if not path.is_file():
         raise ValueError(f"no shipped AMED predictor for student={student!r}, calls={calls}; shipped: {shipped()} "
                          f"(train one with `python -m fused_diffusion train digits-amed --student {student} "

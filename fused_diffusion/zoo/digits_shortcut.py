@@ -7,10 +7,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..schedules import check_device
 from ..shortcut import ShortcutUNet
 from .digits_unet import load_unet
-from .train import WEIGHTS
+from .train import UNET_KINDS, WEIGHTS
 
 
 class ShortcutZooModel(NamedTuple):
@@ -21,20 +20,16 @@ class ShortcutZooModel(NamedTuple):
 
 
 def digits_shortcut(device: str | torch.device = "cpu", objective: str = "shortcut",
-                    path: str | Path | None = None) -> ShortcutZooModel:
+                    path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> ShortcutZooModel:
     """The shortcut digits model (1 to 128 steps), or with objective="flow" the flow-matching baseline (which
     ignores d: it was only trained at the finest step).
 
     >>> model, shape = fd.zoo.digits_shortcut()
     >>> images = fd.sample_shortcut(model, torch.randn(16, *shape), steps=1)
     """
-    device = check_device(device)
     if objective not in ("shortcut", "flow"):
         raise ValueError(f"objective must be 'shortcut' or 'flow', got {objective!r}")
-    unet, metadata = load_unet(path or WEIGHTS[objective])
-    trained = metadata.get("objective", "ddpm")  # files from before the objective was recorded are DDPM's
-    if trained not in ("shortcut", "flow"):
-        raise ValueError(f"{path or WEIGHTS[objective]} holds a {trained!r} model, not a shortcut or flow model")
-    model = ShortcutUNet(unet, step_conditioned=trained == "shortcut").to(device)
+    unet, metadata = load_unet(WEIGHTS[objective] if path is None else path, UNET_KINDS[objective], device, dtype)
+    model = ShortcutUNet(unet, step_conditioned=objective == "shortcut")
     resolution = metadata["config"]["sample_size"]
     return ShortcutZooModel(model, (1, resolution, resolution))

@@ -8,9 +8,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .. import files
 from ..models import EpsDenoiser
 from ..schedules import check_device, ddpm_alphas_cumprod
-from .store import WEIGHTS_DIR, read_weights
+from .store import WEIGHTS_DIR
 
 DIGITS_WEIGHTS = WEIGHTS_DIR / "digits.safetensors"
 
@@ -45,16 +46,22 @@ class ZooModel(NamedTuple):
     sample_shape: tuple[int, ...]
 
 
-def load_unet(path: str | Path):
-    """(UNet2DModel in eval mode without gradients, metadata) from a file written by `save_weights`."""
-    tensors, metadata = read_weights(path)
-    if "config" not in metadata:
-        raise RuntimeError(f"cannot read model weights {path}: no 'config' in its metadata")
+def load_unet(path: str | Path, kind: files.Kind, device: Any = "cpu", dtype: Any = torch.float32):
+    """(UNet2DModel in eval mode without gradients, on `device` in `dtype`, metadata) from a U-Net file of `kind`
+    (zoo/train.py writes them)."""
+    device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, torch.float16, "
+                        f"torch.bfloat16), got {dtype!r}")
+    tensors, metadata = files.read(path, kind)
     unet = build_unet(metadata["config"])
     try:
         unet.load_state_dict(tensors)
     except RuntimeError as e:
         raise RuntimeError(f"model weights {path} do not match their config: {e}") from e
+    unet = unet.to(device)
+    if dtype != torch.float32:  # (diffusers warns on any dtype cast, so only when one is asked for)
+        unet = unet.to(dtype)
     return unet.eval().requires_grad_(False), metadata
 
 
@@ -66,17 +73,7 @@ def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float3
     >>> sigmas = fd.get_sigmas_karras(10, denoiser.sigma_min, denoiser.sigma_max)
     >>> images = fd.sample_dpmpp_2m(denoiser, torch.randn(16, *shape) * sigmas[0], sigmas)
     """
-    device = check_device(device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
-        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, torch.float16, "
-                        f"torch.bfloat16), got {dtype!r}")
-    unet, metadata = load_unet(path)
-    if metadata.get("objective", "ddpm") != "ddpm":
-        raise ValueError(f"{path} holds a {metadata['objective']!r} model, not an epsilon (DDPM) model: load it with "
-                         "fd.zoo.digits_shortcut(path=...)")
-    unet = unet.to(device)
-    if dtype != torch.float32:  # (diffusers warns on any dtype cast, so only when one is asked for)
-        unet = unet.to(dtype)
+    unet, metadata = load_unet(path, files.DIGITS_UNET, device, dtype)
     alphas_cumprod = ddpm_alphas_cumprod(**metadata["schedule"])
     resolution = metadata["config"]["sample_size"]
-    return ZooModel(EpsDenoiser(unet, alphas_cumprod).to(device), alphas_cumprod, (1, resolution, resolution))
+    return ZooModel(EpsDenoiser(unet, alphas_cumprod).to(unet.device), alphas_cumprod, (1, resolution, resolution))

@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import shortcut
+from .. import files, shortcut
 from ..schedules import ddpm_alphas_cumprod
 from .data import load_digits_split
 from .digits_unet import DIGITS_WEIGHTS, SCHEDULE, build_unet, unet_config
-from .store import WEIGHTS_DIR, save_weights
+from .store import WEIGHTS_DIR
 
 # objective -> the file it ships as
 WEIGHTS = {"ddpm": DIGITS_WEIGHTS, "shortcut": WEIGHTS_DIR / "digits_shortcut.safetensors",
            "flow": WEIGHTS_DIR / "digits_flow.safetensors"}
+UNET_KINDS = {"ddpm": files.DIGITS_UNET, "shortcut": files.SHORTCUT_UNET, "flow": files.FLOW_UNET}
 
 
 @dataclass
@@ -48,6 +49,28 @@ def _checkpoint(path: Path, **state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: an interrupted save never corrupts the last checkpoint
+
+
+class CheckpointError(ValueError):
+    """A work directory's checkpoint that this run cannot resume from."""
+
+
+def read_checkpoint(path: Path, objective: str, unet: torch.nn.Module) -> dict:
+    """The training state in `path`, if it is a checkpoint of this objective and U-Net; else an error naming the
+    work directory (another model's checkpoint would fail inside load_state_dict, or resume the wrong objective)."""
+    try:
+        state = torch.load(path, weights_only=False)
+        shapes = {k: tuple(v.shape) for k, v in state["unet"].items()}
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e}); delete it or "
+                         "choose another --workdir") from None
+    found = state.get("objective", objective)  # checkpoints from before the objective was recorded: by shapes only
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    if found != objective or shapes != expected:
+        what = f"objective {found!r}" if found != objective else "a U-Net of another configuration"
+        raise CheckpointError(f"{path} is a checkpoint of {what}, not of this run (objective {objective!r}); resume with "
+                         "the settings it was made with, or choose another --workdir")
+    return state
 
 
 def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -77,7 +100,7 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = cfg.workdir / "checkpoint.pt"
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = read_checkpoint(checkpoint, cfg.objective, unet)
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
@@ -90,7 +113,7 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     def save() -> None:
         _checkpoint(checkpoint, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
                     lr_schedule=lr_schedule.state_dict(), ema=ema.state_dict(), torch_rng=torch.get_rng_state(),
-                    generator=generator.get_state(), step=step, elapsed=elapsed)
+                    generator=generator.get_state(), step=step, elapsed=elapsed, objective=cfg.objective)
 
     start = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.iterations, initial=step, desc=f"digits U-Net ({cfg.objective})", unit="it",
@@ -130,6 +153,6 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
             "torch": torch.__version__, "threads": torch.get_num_threads(), **cfg.extra}
     out = cfg.out or WEIGHTS[cfg.objective]
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(out, unet.state_dict(), config=config, schedule=SCHEDULE, objective=cfg.objective, info=info)
+    files.save(out, unet.state_dict(), UNET_KINDS[cfg.objective], config=config, schedule=SCHEDULE, objective=cfg.objective, info=info)
     ema.restore(unet.parameters())
     return out
