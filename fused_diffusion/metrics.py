@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .sampling import sample_dpmpp_2m
-from .schedules import get_sigmas_karras
+from .schedules import describe, get_sigmas_karras
+from .solvers import check_input
 from .zoo.classifier import DigitsClassifier, load_classifier
 from .zoo.data import NATIVE_RESOLUTION, load_digits_split, resize
 
@@ -76,14 +77,22 @@ def heldout_features() -> Tensor:
 
 def frechet_distance_of_features(a: Tensor, b: Tensor) -> float:
     """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), exactly, by symmetric
-    eigendecompositions in float64."""
+    eigendecompositions in float64; features [N, D] with N >= 2 each and one D. A distance: rounding below 0 is
+    returned as 0."""
+    for name, value in (("a", a), ("b", b)):
+        if not isinstance(value, Tensor) or value.dim() != 2 or len(value) < 2 or not value.is_floating_point():
+            raise ValueError(f"{name} must be real floating-point features [N, D] with N >= 2, got {describe(value)}")
+        if not torch.isfinite(value).all():  # sync-ok: a metric reads its input once
+            raise ValueError(f"{name} contains NaN or inf")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must have one feature size, got {a.shape[1]} and {b.shape[1]}")
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
     evals, evecs = torch.linalg.eigh(cov_a)
     sqrt_a = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
     cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+    return max(0.0, float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross))
 
 
 def frechet_distance(images: Tensor, reference: Tensor | None = None) -> float:
@@ -106,6 +115,8 @@ def trajectory_error(images: Tensor, reference: Tensor) -> float:
     for name, value in (("images", images), ("reference", reference)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}")
+        if value.dim() < 2 or not len(value) or not value.is_floating_point():
+            raise ValueError(f"{name} must be real floating-point samples [N, ...] with N >= 1, got {describe(value)}")
     if images.shape != reference.shape:
         raise ValueError(f"images and reference must have the same shape, got {tuple(images.shape)} and "
                          f"{tuple(reference.shape)}")
@@ -117,6 +128,7 @@ def reference_solution(denoiser: Callable[..., Tensor], noise: Tensor, sigma_min
                        calls: int = REFERENCE_CALLS, rho: float = 7.0) -> Tensor:
     """The ODE solution from `noise` (already scaled by sigma_max) with `calls` model calls: DPM-Solver++(2M) on a
     Karras schedule, second order, so its error is far below any solver under test."""
+    check_input(noise, "noise")
     sigmas = get_sigmas_karras(calls, sigma_min, sigma_max, rho, device=noise.device)
     return sample_dpmpp_2m(denoiser, noise, sigmas, disable=True)
 

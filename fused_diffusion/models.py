@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .schedules import check_real, describe, sigmas_from_alphas_cumprod
+from .schedules import check_bool, check_real, describe, sigmas_from_alphas_cumprod
 
 
 def unwrap_output(out: Any) -> Tensor:
@@ -110,8 +110,7 @@ class EpsDenoiser(nn.Module):
         super().__init__()
         _check_callable("eps_model", eps_model)
         self.inner_model = eps_model
-        if not isinstance(quantize, bool):
-            raise TypeError(f"quantize must be a bool, got {describe(quantize)}")
+        check_bool("quantize", quantize)
         self.quantize = quantize
         self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float(), persistent=False)
         self.table_sigmas = self.table_timesteps = None

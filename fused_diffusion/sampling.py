@@ -20,8 +20,9 @@ from torch import Tensor
 
 from . import solvers
 from .noise import BrownianTreeNoiseSampler
-from .schedules import check_count, check_real, get_flow_times, validate_sigmas
-from .solvers.dpm_solver import sample_dpm_adaptive
+from .schedules import check_count, get_flow_times, validate_sigmas
+from .shortcut import check_step_model
+from .solvers.dpm_solver import sample_dpm_adaptive, sigma_range
 from .solvers.run import Callback, NoiseSampler
 
 Model = Callable[..., Any]
@@ -88,10 +89,9 @@ def sample_dpm_fast(model: Model, x: Tensor, sigma_min: float, sigma_max: float,
     """DPM-Solver-fast: `n` model calls on a grid uniform in log sigma from sigma_max to sigma_min (k-diffusion's
     sample_dpm_fast); the result is at sigma_min (no final denoise). Graph mode: fd.Sampler(model, "dpm_fast",
     torch.tensor([sigma_max, sigma_min]), nfe=n)."""
-    check_real("sigma_min", sigma_min, above=0)
-    check_real("sigma_max", sigma_max, above=0)
+    solvers.check_input(x)
     solver = solvers.DPMFast(check_count("n", n), eta, s_noise)
-    schedule = torch.stack([torch.tensor(sigma_max), torch.tensor(sigma_min)]).to(x.device)  # k-diffusion's dtype
+    schedule = sigma_range(sigma_min, sigma_max).to(x.device)  # k-diffusion's float32
     return solvers.sample(solver, model, x, schedule, extra_args, callback, disable, noise_sampler,
                           k_diffusion_rng=k_diffusion_rng)
 
@@ -108,10 +108,12 @@ def sample_dpmpp_2s_ancestral(model: Model, x: Tensor, sigmas: Tensor, extra_arg
 
 def _brownian_default(x: Tensor, sigmas: Tensor, noise_sampler: NoiseSampler | None, needed: bool) -> NoiseSampler | None:
     """k-diffusion's default noise for its SDE samplers: a Brownian tree over the schedule's range (its seed is one
-    draw from the global generator). `needed` False (eta = 0 with k_diffusion_rng off) skips building it."""
+    draw from the global generator). `needed` False (eta = 0 with k_diffusion_rng off) skips building it, as does a
+    schedule with no step between two distinct positive sigmas (only such a step adds noise; the tree needs a range)."""
     solvers.check_input(x)
     validate_sigmas(sigmas)
-    if noise_sampler is not None or not needed:
+    noisy_steps = (sigmas[1:] > 0) & (sigmas[1:] < sigmas[:-1])
+    if noise_sampler is not None or not needed or not noisy_steps.any():  # sync-ok: once, before the loop
         return noise_sampler
     return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max())
 
@@ -211,6 +213,7 @@ def sample_shortcut(velocity_model: Model, x: Tensor, steps: int, extra_args: di
     """Shortcut-model sampling, velocity_model(x, t[B], d[B]); steps a power of two from 1 to 128. The callback
     dict has 'x', 'i', 't' and 'denoised' (the data estimate x + (1 - t) v)."""
     solvers.check_input(x)
+    check_step_model(velocity_model, "velocity_model")
     if check_count("steps", steps) not in {2**k for k in range(8)}:
         raise ValueError(f"shortcut models are trained for steps = 1, 2, 4, ..., 128; got {steps}")
     times = get_flow_times(steps, device=x.device)

@@ -4,9 +4,12 @@ Every function returns float32 sigmas on `device`, validated by `validate_sigmas
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +29,30 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A flag: a bool (numpy's too); a string such as 'no' or a number would be read as its truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return bool(value)
+
+
+def check_callable(name: str, value: object, form: str, arity: int) -> Any:
+    """A callable that can be called as `form` with `arity` positional arguments (checked on its signature when it
+    has one), so a wrong one fails here with its name instead of inside a loop."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable as {form}, got {describe(value)}")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return value  # builtins and some C callables have no signature: let the call speak
+    try:
+        signature.bind(*[None] * arity)
+    except TypeError as e:
+        label = getattr(value, "__name__", type(value).__name__)
+        raise TypeError(f"{name} must be callable as {form}; {label}{signature} cannot ({e})") from None
+    return value
 
 
 def _is_real(value: object) -> bool:
@@ -57,9 +84,13 @@ def check_device(device: object) -> torch.device:
     if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
         raise TypeError(f"device must be a torch.device, a device string or an index, got {describe(device)}")
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError as e:
         raise ValueError(f"device must name a torch device, got {device!r} ({e})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs a CUDA GPU and torch sees none (torch.cuda.is_available() is "
+                         "False); use 'cpu'")
+    return parsed
 
 
 def check_has_data(name: str, value: Tensor) -> None:
@@ -301,4 +332,10 @@ def img2img(image: Tensor, noise: Tensor, sigmas: Tensor, strength: float) -> tu
             raise TypeError(f"{name} must be a floating-point tensor, got {describe(value)}")
     if image.shape != noise.shape:
         raise ValueError(f"image and noise must have one shape, got {tuple(image.shape)} and {tuple(noise.shape)}")
+    if image.device != noise.device:
+        raise ValueError(f"image and noise must be on one device, got {image.device} and {noise.device}")
+    for name, value in (("image", image), ("noise", noise)):
+        check_has_data(name, value)
+        if not torch.isfinite(value).all():  # sync-ok: once, before sampling
+            raise ValueError(f"{name} contains NaN or inf")
     return image + noise * tail[0].to(image.device, image.dtype), tail

@@ -47,17 +47,17 @@ def pick_grad_step(grad_step: int | str, n_steps: int, step_generator: torch.Gen
 def sample(model: Callable[..., Any], x: Tensor, schedule: Tensor, solver: str | Solver = "euler", *,
            grad_step: int | str = "random", step_generator: torch.Generator | None = None,
            extra_args: dict | None = None, callback: Callback | None = None, noise_sampler: NoiseSampler | None = None,
-           generator: torch.Generator | None = None, **solver_options: Any) -> Tensor:
+           generator: torch.Generator | None = None, disable: bool | None = True, **solver_options: Any) -> Tensor:
     """Samples `model` with `solver` (a name from fused_diffusion.solvers.SOLVERS with its options, or an instance)
     over `schedule` from `x`, keeping the autograd graph of one step's model calls (`grad_step`: an index, "random"
     drawn with `step_generator`, or "all" for full backpropagation). The result requires grad when x, a tensor in
     extra_args or the model's parameters do. Noise of stochastic solvers comes from `generator` / `noise_sampler`
-    as in fd.Sampler."""
+    as in fd.Sampler. `disable`: no progress bar (the default) or a bar (False)."""
     check_input(x)
     plan = Plan(get_solver(solver, **solver_options), schedule)
     kept = pick_grad_step(grad_step, plan.n_steps, step_generator)
     run = Run(plan, model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
               generator=generator, grad_steps=None if kept is None else (kept,))
-    x = run_steps(run, x, disable=True)
+    x = run_steps(run, x, disable=disable)
     run.raise_if_not_finite(run.finite_flags())
     return x

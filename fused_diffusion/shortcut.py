@@ -9,17 +9,26 @@ paper's code uses 1/8), `targets` its inputs and targets;
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .schedules import check_count, check_real, describe
+from .schedules import check_bool, check_callable, check_count, check_real, describe
 
 LEVELS = 7  # step sizes d = 1, 1/2, ..., 1/128: log2 indices 0..7, index 7 also the flow-matching ("d = 0") token
+MAX_LEVELS = 24  # times on the grid k / 2^levels stay exact in float32 (24-bit significand)
 VELOCITY_CLIP = 4.0  # the paper's code clips the bootstrap targets and the intermediate x to +-4
+
+
+def check_levels(levels: object) -> int:
+    """The number of halvings of the step size: times k / 2^levels must stay exact in float32."""
+    levels = check_count("levels", levels)
+    if levels > MAX_LEVELS:
+        raise ValueError(f"levels must be at most {MAX_LEVELS} (times k / 2^levels must be exact in float32), got "
+                         f"{levels}")
+    return levels
 
 
 def step_index(d: Tensor | float, levels: int = LEVELS) -> Tensor:
@@ -45,43 +54,53 @@ class ShortcutUNet(nn.Module):
 
     def __init__(self, unet: nn.Module, levels: int = LEVELS, step_conditioned: bool = True):
         super().__init__()
-        self.levels = check_count("levels", levels)
+        self.levels = check_levels(levels)
         embeds = getattr(getattr(unet, "config", None), "num_class_embeds", None)
         if embeds is None or embeds < self.levels + 1:
             raise ValueError(f"unet must be a diffusers UNet2DModel with num_class_embeds >= {self.levels + 1} (the "
                              f"step-size embedding), got num_class_embeds={embeds} ({type(unet).__name__})")
         self.unet = unet
-        self.step_conditioned = bool(step_conditioned)
+        self.step_conditioned = check_bool("step_conditioned", step_conditioned)
 
     @staticmethod
     def unet_config(config: dict[str, Any], levels: int = LEVELS) -> dict[str, Any]:
         """A UNet2DModel config with the step-size embedding added."""
         return {**config, "num_class_embeds": levels + 1}
 
-    def forward(self, x: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, d: Tensor | float) -> Tensor:
+        """The velocity at x [B, ...] (in x's dtype; the U-Net runs in its own), t and d numbers or [B] / [] tensors."""
         batch = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(batch)
+        t = _per_sample("t", t, batch).to(x.device, torch.float32)
         if self.step_conditioned:
-            labels = step_index(d, self.levels).to(x.device).expand(batch)
+            labels = step_index(_per_sample("d", d, batch), self.levels).to(x.device)
         else:
             labels = torch.full((batch,), self.levels, device=x.device)
-        return self.unet(x, t * 1000, class_labels=labels).sample
+        dtype = self.unet.dtype
+        return self.unet(x.to(dtype), t * 1000, class_labels=labels).sample.to(x.dtype)
 
 
-def _check_step_model(model: Callable[..., Any], x: Tensor) -> None:
-    """A model that cannot take (x, t, d) fails here with its name, not inside the bootstrap targets."""
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x, t, d), got {describe(model)}")
-    try:
-        signature = inspect.signature(model)
-    except (TypeError, ValueError):
-        return  # builtins and some C callables have no signature: let the call speak
-    t = torch.zeros(x.shape[0])
-    try:
-        signature.bind(x, t, t)
-    except TypeError as e:
-        raise TypeError(f"model must take the step size: model(x, t, d) -> velocity, as fd.shortcut.ShortcutUNet "
-                        f"does; {getattr(model, '__name__', type(model).__name__)}{signature} cannot ({e})") from None
+def _per_sample(name: str, value: Tensor | float, batch: int) -> Tensor:
+    """A time or step size as one value per sample ([batch]), from a number or a [] / [batch] tensor."""
+    value = torch.as_tensor(value)
+    if value.dim() > 1 or value.numel() not in (1, batch) or not (value.is_floating_point() or value.dim() == 0):
+        raise ValueError(f"{name} must be a number or a floating-point tensor of shape [] or [{batch}] (x's batch), "
+                         f"got {describe(value)}")
+    return value.reshape(-1).expand(batch)
+
+
+def check_step_model(model: Callable[..., Any], name: str = "model") -> None:
+    """A model that cannot take (x, t, d) fails here with its name, not inside the bootstrap targets or a loop."""
+    check_callable(name, model, f"{name}(x, t, d) -> velocity (it must take the step size d, as "
+                                "fd.shortcut.ShortcutUNet does)", 3)
+
+
+def predict_velocity(model: Callable[..., Any], x: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    """model(x, t, d), which must be a velocity of x's shape (a [B, 1] output would broadcast into the loss)."""
+    out = model(x, t, d)
+    if not isinstance(out, Tensor) or out.shape != x.shape or not out.is_floating_point():
+        raise ValueError(f"model returned {describe(out)} for x of shape {tuple(x.shape)}; a velocity is a "
+                         "floating-point tensor of x's shape")
+    return out
 
 
 class Targets(NamedTuple):
@@ -108,13 +127,18 @@ def targets(model: Callable[[Tensor, Tensor, Tensor], Tensor], x_data: Tensor, x
     matching (the baseline)."""
     if not isinstance(x_data, Tensor) or not x_data.is_floating_point() or x_data.dim() < 1 or not len(x_data):
         raise TypeError(f"x_data must be a floating-point torch.Tensor with a non-empty batch, got {describe(x_data)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
     if x_noise is None:
         x_noise = torch.randn(x_data.shape, generator=generator).to(x_data)
-    elif not isinstance(x_noise, Tensor) or x_noise.shape != x_data.shape:
-        raise ValueError(f"x_noise must be a tensor of x_data's shape {tuple(x_data.shape)}, got {describe(x_noise)}")
+    elif not isinstance(x_noise, Tensor) or x_noise.shape != x_data.shape or not x_noise.is_floating_point():
+        raise ValueError(f"x_noise must be a floating-point tensor of x_data's shape {tuple(x_data.shape)}, got "
+                         f"{describe(x_noise)}")
     fraction = check_real("bootstrap_fraction", bootstrap_fraction, at_least=0, below=1)
-    levels = check_count("levels", levels)
-    _check_step_model(model, x_data)
+    levels = check_levels(levels)
+    check_step_model(model)
+    if target_model is not None:
+        check_step_model(target_model, "target_model")
     target_model = model if target_model is None else target_model
 
     batch, device = len(x_data), x_data.device
@@ -132,9 +156,9 @@ def targets(model: Callable[[Tensor, Tensor, Tensor], Tensor], x_data: Tensor, x
         half = d[:n_boot] / 2
         x_b, t_b = x_t[:n_boot], t[:n_boot]
         with torch.no_grad():
-            v1 = target_model(x_b, t_b, half)
+            v1 = predict_velocity(target_model, x_b, t_b, half)
             x_mid = (x_b + half.view(view) * v1).clamp(-VELOCITY_CLIP, VELOCITY_CLIP)
-            v2 = target_model(x_mid, t_b + half, half)
+            v2 = predict_velocity(target_model, x_mid, t_b + half, half)
             boot = ((v1 + v2) / 2).clamp(-VELOCITY_CLIP, VELOCITY_CLIP)
         velocity = torch.cat([boot.to(velocity.dtype), velocity[n_boot:]])
     return Targets(x_t, t, d, velocity, n_boot)
@@ -147,4 +171,4 @@ def loss(model: Callable[[Tensor, Tensor, Tensor], Tensor], x_data: Tensor, x_no
     over the whole batch (flow-matching and self-consistency rows alike, as the paper's code)."""
     batch = targets(model, x_data, x_noise, bootstrap_fraction=bootstrap_fraction, levels=levels,
                     target_model=target_model, generator=generator)
-    return (model(batch.x_t, batch.t, batch.d) - batch.velocity).pow(2).mean()
+    return (predict_velocity(model, batch.x_t, batch.t, batch.d) - batch.velocity).pow(2).mean()

@@ -413,5 +413,5 @@ class TestOpsAndAmedArguments:
             fd.amed.Predictor(bottleneck_dim=True)
         with pytest.raises(ValueError, match="hidden_dim must be an integer >= 1, got 0"):
             fd.amed.Predictor(bottleneck_dim=8, hidden_dim=0)
-        with pytest.raises(FileNotFoundError, match="no AMED predictor file at '/nonexistent.safetensors'"):
+        with pytest.raises(FileNotFoundError, match="path '/nonexistent.safetensors': no such file"):
             fd.amed.load("/nonexistent.safetensors")

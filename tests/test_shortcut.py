@@ -168,7 +168,8 @@ def test_a_model_without_a_step_input_is_named():
     def velocity(x, t):
         return x
 
-    with pytest.raises(TypeError, match=r"model must take the step size: model\(x, t, d\).*velocity\(x, t\) cannot"):
+    with pytest.raises(TypeError, match=r"model must be callable as model\(x, t, d\) -> velocity \(it must take the step size d.*velocity\(x, t\) "
+                                        r"cannot"):
         fd.shortcut.loss(velocity, torch.randn(8, 2))
 
 
@@ -181,7 +182,7 @@ def test_a_unet_without_a_step_embedding_is_refused():
     ({"bootstrap_fraction": 1.0}, ValueError, "bootstrap_fraction must be < 1"),
     ({"bootstrap_fraction": -0.1}, ValueError, "bootstrap_fraction must be >= 0"),
     ({"levels": 0}, ValueError, "levels must be an integer >= 1"),
-    ({"x_noise": torch.randn(8, 3)}, ValueError, r"x_noise must be a tensor of x_data's shape \(8, 2\)"),
+    ({"x_noise": torch.randn(8, 3)}, ValueError, r"x_noise must be a floating-point tensor of x_data's shape \(8, 2\)"),
 ])
 def test_loss_arguments_are_checked(kwargs, error, match):
     with pytest.raises(error, match=match):

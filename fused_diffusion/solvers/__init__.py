@@ -41,10 +41,15 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
     cls = SOLVERS[solver]
-    taken = list(inspect.signature(cls.__init__).parameters)[1:] if cls.__init__ is not object.__init__ else []
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:] if cls.__init__ is not object.__init__ else []
+    taken = [p.name for p in parameters]
     unknown = sorted(set(options) - set(taken))
     if unknown:
         raise TypeError(f"solver {solver!r} takes the options {taken or 'none'}; got {unknown}")
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in options]
+    if missing:
+        raise TypeError(f"solver {solver!r} needs the options {missing}; pass them with the solver's name (e.g. "
+                        f"{missing[0]}=...) or give a solvers.{cls.__name__}(...) instance")
     return cls(**options)
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..schedules import check_real
+from ..schedules import check_bool, check_callable, check_real
 from .base import Solver
 from .run import Run
 
@@ -63,10 +63,10 @@ def amed_coefficients(sigma: Tensor, sigma_next: Tensor, r, scale_dir, scale_tim
 
 
 def check_predictor(predictor: object) -> object:
-    if predictor is not None and not callable(predictor):
-        raise TypeError(f"predictor must be callable, predictor(x, sigma, sigma_next, analytic), or None; got "
-                        f"{type(predictor).__name__}")
-    return predictor
+    if predictor is None:
+        return None
+    return check_callable("predictor", predictor, "predictor(x, sigma, sigma_next, analytic) -> r or (r, scale_dir, "
+                                                  "scale_time)", 4)
 
 
 class AMED(Solver):
@@ -78,7 +78,7 @@ class AMED(Solver):
 
     def __init__(self, predictor: Predictor | None = None, afs: bool = True, scale_dir: float = 1.0,
                  scale_time: float = 1.0):
-        self.predictor, self.afs = check_predictor(predictor), bool(afs)
+        self.predictor, self.afs = check_predictor(predictor), check_bool("afs", afs)
         self.scale_dir, self.scale_time = check_real("scale_dir", scale_dir), check_real("scale_time", scale_time)
 
     def graph_key(self) -> tuple:

@@ -63,6 +63,8 @@ class AnalyticDPM(Solver):
     """
 
     name = "analytic_dpm"
+    model_output = "eps"
+    schedule_kind = "timesteps"
 
     def __init__(self, alphas_cumprod: Tensor, gamma: GammaEstimate | None = None, eta: float = 1.0,
                  variance: str = "analytic", data_range: tuple[float, float] | None = (-1.0, 1.0),
@@ -88,6 +90,10 @@ class AnalyticDPM(Solver):
         self.clip_last_noise = clip_last_noise
         # no noise at all: DDIM (the step structure, not just its values)
         self.noisy = not (variance == "small" and self.eta == 0)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.noisy
 
     def graph_key(self) -> tuple:
         return (type(self).__name__, self.data_range, self.noisy)

@@ -64,6 +64,14 @@ class Solver:
     # what the model returns: "denoised" (x0, the EDM/k-diffusion denoisers), "eps" or "velocity"; fd.sdo holds the
     # noise-like part constant in the steps it runs without a graph
     model_output: str = "denoised"
+    # what the schedule is: "sigmas" (decreasing, maybe ending at 0), "timesteps" (a DDPM's integer timesteps),
+    # "flow_times" (0 = noise up to 1 = data) or "sigma_range" (the pair [sigma_max, sigma_min])
+    schedule_kind: str = "sigmas"
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether a step draws noise with these options (two runs from the same x then differ)."""
+        return False
 
     def check_schedule(self, schedule: Tensor) -> None:
         validate_sigmas(schedule)

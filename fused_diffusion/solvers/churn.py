@@ -21,6 +21,10 @@ class ChurnSolver(Solver):
         self.s_tmax = check_real("s_tmax", s_tmax, allow_inf=True)
         self.s_noise = check_real("s_noise", s_noise)
 
+    @property
+    def stochastic(self) -> bool:
+        return self.s_churn > 0
+
     def churn_tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         """'sigma' [n], 'sigma_hat' [n] and, with churn, the row [1, s_noise sqrt(sigma_hat^2 - sigma^2)]."""
         sigma = sigmas[:-1]

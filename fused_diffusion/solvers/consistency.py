@@ -17,6 +17,7 @@ class Consistency(Solver):
     (one lincomb on [x0, z]); the last call's x0 is the sample."""
 
     name = "consistency"
+    stochastic = True  # re-noises between steps
 
     def __init__(self, sigma_min: float = 0.002):
         self.sigma_min = check_real("sigma_min", sigma_min, above=0)

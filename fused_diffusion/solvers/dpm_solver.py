@@ -17,10 +17,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..schedules import check_real
+from ..schedules import check_bool, check_count, check_real
 from .base import Solver, check_eta
 from .euler import ancestral_sigmas
-from .run import Callback, NoiseSampler, Run, check_input, check_run_arguments, checked_output, tensor_version
+from .run import (Callback, NoiseSampler, Run, check_input, check_run_arguments, checked_noise, checked_output,
+                  tensor_version)
 
 
 def _sigma(t: Tensor) -> Tensor:
@@ -90,6 +91,11 @@ def fast_orders(nfe: int) -> list[int]:
     return [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]
 
 
+# the largest weight of a DPM-Solver-fast update: past it, x and the weighted denoised outputs cancel beyond float32's
+# ~1e-7 resolution (relative error ~1e-2); normal schedules stay below 1e2 (sigma_min 0.002: 9.4)
+MAX_WEIGHT = 1e5
+
+
 class DPMFast(Solver):
     """DPM-Solver-fast (k-diffusion's sample_dpm_fast): `nfe` model calls over a grid uniform in t = -log sigma from
     sigma_max to sigma_min, with third order steps and a 2/1 or shorter last step; eta > 0 adds ancestral noise after
@@ -97,12 +103,17 @@ class DPMFast(Solver):
     Each stage is one lincomb; the result's takes the noise as its last input."""
 
     name = "dpm_fast"
+    schedule_kind = "sigma_range"
 
     def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"dpm_fast needs nfe, the number of model calls, an integer >= 1; got {nfe!r}")
         self.nfe, self.eta, self.s_noise = nfe, check_eta(eta), check_real("s_noise", s_noise)
         self.orders = fast_orders(nfe)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
 
     def check_schedule(self, schedule: Tensor) -> None:
         check_sigma_range(schedule)
@@ -137,6 +148,13 @@ class DPMFast(Solver):
                 tables[name][i] = torch.tensor(row, dtype=torch.float64)
             tables["final_1" if order == 1 else "final"][i] = torch.tensor(
                 [*step.final, float(sigma_up * self.s_noise)], dtype=torch.float64)
+        largest = max(float(tables[name].abs().max()) for name in ("u1", "u2", "final_1", "final"))
+        if largest > MAX_WEIGHT:
+            sigma_max, sigma_min = schedule.tolist()
+            raise ValueError(
+                f"dpm_fast from sigma_max={sigma_max:g} to sigma_min={sigma_min:g} in {self.nfe} calls folds epsilon "
+                f"into update weights of {largest:.3g}, whose cancellation a float32 update cannot resolve (the sample "
+                f"would be lost); raise sigma_min or nfe")
         return tables
 
     def noise_sigmas(self, schedule: Tensor) -> dict[str, Tensor]:
@@ -158,6 +176,21 @@ class DPMFast(Solver):
                 denoised_u = run.call(u, i, "sigma_s2")
             table, inputs = "final", [x, denoised, u, denoised_u]
         return run.noisy_lincomb(table, i, *inputs, noise=self.eta > 0, at="sigma")
+
+
+def sigma_range(sigma_min: float, sigma_max: float) -> Tensor:
+    """k-diffusion's [sigma_max, sigma_min] for dpm_fast / dpm_adaptive (float32 from Python numbers), after checks
+    naming the values given: positive and representable in float32, the dtype these samplers' times are in."""
+    values = {"sigma_min": check_real("sigma_min", sigma_min, above=0),
+              "sigma_max": check_real("sigma_max", sigma_max, above=0)}
+    for name, value in values.items():
+        stored = float(torch.tensor(value, dtype=torch.float32))
+        if not torch.finfo(torch.float32).tiny <= stored < math.inf:
+            raise ValueError(f"{name}={value:g} {'overflows' if stored == math.inf else 'underflows'} float32, the dtype "
+                             "dpm_fast and dpm_adaptive compute their sigmas and times in")
+    schedule = torch.stack([torch.as_tensor(sigma_max), torch.as_tensor(sigma_min)]).float()
+    check_sigma_range(schedule)
+    return schedule
 
 
 def check_sigma_range(schedule: Tensor) -> None:
@@ -192,7 +225,11 @@ class PIDStepSizeController:
         if not self.errs:
             self.errs = [inv_error, inv_error, inv_error]
         self.errs[0] = inv_error
-        factor = self.limiter(self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3)
+        try:
+            raw = self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3
+        except OverflowError:  # large coefficients: the limiter saturates at 1 + pi / 2 there anyway
+            raw = math.inf
+        factor = self.limiter(raw)
         accept = factor >= self.accept_safety
         if accept:
             self.errs[2], self.errs[1] = self.errs[1], self.errs[0]
@@ -206,29 +243,48 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
                         order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                         pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81,
                         eta: float = 0.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
-                        return_info: bool = False, k_diffusion_rng: bool = True) -> Tensor | tuple[Tensor, dict]:
+                        return_info: bool = False, k_diffusion_rng: bool = True,
+                        max_rejects: int = 1000, max_attempts: int = 10_000) -> Tensor | tuple[Tensor, dict]:
     """DPM-Solver-12 (order=2) and -23 (order=3) with adaptive steps (k-diffusion's sample_dpm_adaptive): each
     attempt computes a low and a high order solution from sigma to the proposed step end, the scaled error between
     them (atol, rtol) drives the PID controller, which accepts or shrinks the step. Every accept/reject needs the
     error on the host, so this sampler runs eagerly only (one host sync per attempt), never in a CUDA graph.
-    return_info: also return {'steps', 'nfe', 'n_accept', 'n_reject'}."""
+    return_info: also return {'steps', 'nfe', 'n_accept', 'n_reject'}.
+
+    Options that would keep the loop from finishing are refused: accept_safety must be in (0, 1] (the limited
+    factor 1 + atan(.) would otherwise grow the step it rejects, or never reach the threshold), and pcoeff + icoeff
+    + dcoeff > 0 (else the error never shrinks a step). `max_rejects` and `max_attempts` (not in k-diffusion) bound
+    the rejected attempts in a row and all attempts: a tolerance the model cannot meet, or a controller that crawls
+    (an unstable pcoeff / icoeff / dcoeff), raises naming the options instead of running forever."""
     check_input(x)
     check_run_arguments(model, extra_args, callback, noise_sampler)
     if order not in (2, 3):
         raise ValueError(f"order must be 2 or 3, got {order!r}")
-    sigma_min, sigma_max = check_real("sigma_min", sigma_min, above=0), check_real("sigma_max", sigma_max, above=0)
-    check_sigma_range(torch.tensor([sigma_max, sigma_min]))
-    for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("accept_safety", accept_safety)):
+    sigma_max, sigma_min = sigma_range(sigma_min, sigma_max).tolist()
+    for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init)):
         check_real(name, value, above=0)
-    for name, value in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)):
-        check_real(name, value)
+    if check_real("accept_safety", accept_safety, above=0) > 1:
+        raise ValueError(f"accept_safety must be in (0, 1] (a step is accepted when the controller's factor reaches "
+                         f"it; above 1 a rejected step grows and the loop may never finish), got {accept_safety}")
+    if sum(check_real(name, value) for name, value in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff))) <= 0:
+        raise ValueError(f"pcoeff + icoeff + dcoeff must be > 0 (the exponent of the inverse error in the step-size "
+                         f"factor), got {pcoeff} + {icoeff} + {dcoeff}")
+    max_rejects, max_attempts = check_count("max_rejects", max_rejects), check_count("max_attempts", max_attempts)
     eta, s_noise = check_eta(eta), check_real("s_noise", s_noise)
+    return_info, k_diffusion_rng = check_bool("return_info", return_info), check_bool("k_diffusion_rng", k_diffusion_rng)
     extra_args = extra_args or {}
     t_start, t_end = _time(torch.tensor(sigma_max)), _time(torch.tensor(sigma_min))
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     pid = PIDStepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
     s, x_prev = t_start, x
+    rejected = 0  # attempts rejected since the last accepted step
+
+    def unreachable(what: str, also: str = "") -> None:
+        raise RuntimeError(
+            f"dpm_adaptive {what} at sigma={float(_sigma(s)):.6g} (step size h={pid.h:.3g} in log sigma): the solver "
+            f"cannot meet rtol={rtol}, atol={atol} with accept_safety={accept_safety}; raise rtol or atol, or lower "
+            f"accept_safety{also}")
 
     attempt_outputs: list[Tensor] = []  # every output of an attempt is read by its last lincombs
 
@@ -254,6 +310,11 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
     with tqdm(disable=disable) as pbar:
         while s < t_end - 1e-5:
             t = torch.minimum(t_end, s + pid.h)
+            if not t > s:  # sync-ok: a host tensor; the step vanished in float32 (its coefficients would be NaN)
+                if not info["steps"]:
+                    raise ValueError(f"h_init={h_init} is below the float32 resolution of the time t = -log sigma at "
+                                     f"sigma_max={float(_sigma(s)):.6g}: raise h_init")
+                unreachable("shrank the step below the float32 resolution of its time grid")
             t_, sigma_up = ancestral_times(s, t, t_end, eta)
             high = dpm_solver_step(order, s, t_)
             low = dpm_solver_step(order - 1, s, t_, r1=1 / 3)  # order 3: shares the high step's first stage
@@ -276,16 +337,33 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
             if pid.propose_step(error):
                 x_prev = x_low
                 if eta or k_diffusion_rng:
-                    z = noise_sampler(_sigma(s), _sigma(t)) if noise_sampler else torch.randn_like(x)
+                    if noise_sampler:
+                        z = checked_noise(noise_sampler(_sigma(s), _sigma(t)), x.shape, x.device,
+                                          f"dpm_adaptive step at sigma={float(_sigma(s)):.6g}")
+                        if not torch.isfinite(z).all():  # sync-ok: the loop reads the error on the host anyway
+                            raise FloatingPointError(f"noise_sampler returned non-finite values at sigma="
+                                                     f"{float(_sigma(s)):.6g}")
+                    else:
+                        z = torch.randn_like(x)
                     x = lincomb([x_high, z], [1.0, float(sigma_up * s_noise)]) if eta else x_high
                 else:
                     x = x_high
                 s = t
                 info["n_accept"] += 1
+                rejected = 0
             else:
                 info["n_reject"] += 1
+                rejected += 1
+                if rejected >= max_rejects:
+                    unreachable(f"rejected {rejected} attempts in a row", " (or raise max_rejects)")
             info["nfe"] += order
             info["steps"] += 1
+            if info["steps"] >= max_attempts and s < t_end - 1e-5:
+                raise RuntimeError(
+                    f"dpm_adaptive made {info['steps']} attempts ({info['n_accept']} accepted) and is at "
+                    f"sigma={float(_sigma(s)):.6g}, not yet at sigma_min={sigma_min:g}: the step-size controller "
+                    f"(pcoeff={pcoeff}, icoeff={icoeff}, dcoeff={dcoeff}, accept_safety={accept_safety}) keeps its "
+                    f"steps small; use the defaults (0, 1, 0), looser rtol / atol, or raise max_attempts")
             if callback is not None:
                 callback({"x": x, "i": info["steps"] - 1, "t": s, "t_up": s, "denoised": denoised, "error": error,
                           "h": pid.h, **info, "sigma": _sigma(s), "sigma_hat": _sigma(s)})

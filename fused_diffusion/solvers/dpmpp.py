@@ -15,7 +15,7 @@ from .run import Run
 
 def _previous(values: Tensor, k: int) -> Tensor:
     """values shifted by k steps (row i holds row i - k); the first k rows hold 1, never read."""
-    return torch.cat([values.new_ones(k), values[:-k]])
+    return torch.cat([values.new_ones(k), values])[: len(values)]  # schedules shorter than k steps too
 
 
 def _unused_on_zero(table: Tensor, sigma_next: Tensor) -> Tensor:
@@ -109,6 +109,10 @@ class DPMppSDE(Solver):
         if not 0 < self.r <= 1:
             raise ValueError(f"r must be in (0, 1], got {r}")
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         # in t = -log sigma as k-diffusion, so a repeated sigma gives sigma_s = sigma exactly (h = 0)
         t, t_next = sigmas[:-1].log().neg(), sigmas[1:].log().neg()
@@ -157,6 +161,10 @@ class MultistepSDE(Solver):
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")

@@ -44,6 +44,10 @@ class Ancestral(Solver):
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
 
 class EulerAncestral(Ancestral):
     """Euler to sigma_down, then noise up to sigma_next (Ho et al. 2020 ancestral sampling in k-diffusion's form):

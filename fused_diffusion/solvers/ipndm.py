@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..schedules import check_real
+from ..schedules import check_bool, check_real
 from .amed import Predictor, check_predictor, predict
 from .base import Solver
 from .run import Run
@@ -63,7 +63,7 @@ class IPNDM(Solver):
             order = None
         if order is None or not 1 <= order <= 4:
             raise ValueError(f"max_order must be an integer from 1 to 4, got {max_order!r}")
-        self.max_order, self.afs, self.predictor = order, bool(afs), check_predictor(predictor)
+        self.max_order, self.afs, self.predictor = order, check_bool("afs", afs), check_predictor(predictor)
         self.scale_dir, self.scale_time = check_real("scale_dir", scale_dir), check_real("scale_time", scale_time)
         # derivatives a step reads besides its own: run.history keeps the newest max_order - 1 (none for order 1)
         self.history = order - 1

@@ -15,6 +15,7 @@ from tqdm.auto import trange
 from .. import ops
 from ..context import ModelCall, model_call, new_run_id
 from ..models import unwrap_output
+from ..schedules import check_bool
 from .base import Plan, Solver, table_dtype
 
 Callback = Callable[[dict[str, Any]], None]
@@ -53,6 +54,8 @@ class Run:
         grad_steps: Container[int] | None = None,
     ):
         check_run_arguments(model, extra_args, callback, noise_sampler, generator)
+        check_bool("check_finite", check_finite)
+        check_bool("k_diffusion_rng", k_diffusion_rng)
         self.plan, self.solver, self.model = plan, plan.solver, model
         self.tables = plan.tables(like.device, table_dtype(like.dtype))
         self.shape, self.dtype, self.device = like.shape, like.dtype, like.device
@@ -168,14 +171,7 @@ class Run:
         pair `plan.noise_sigmas[at][i]` (default: schedule[i], schedule[i + 1])."""
         if self.noise_sampler is not None:
             pair = (self.schedule[i], self.schedule[i + 1]) if at is None else self.plan.noise_sigmas[at][i]
-            z = self.noise_sampler(pair[0], pair[1])
-            if not isinstance(z, Tensor) or z.shape != self.shape:
-                raise ValueError(f"step {i}: noise_sampler returned {_describe(z)}, expected a tensor of shape "
-                                 f"{tuple(self.shape)}")
-            if z.device != self.device:
-                raise ValueError(f"step {i}: noise_sampler returned a tensor on {z.device}, expected {self.device}")
-            if not z.is_floating_point():
-                raise TypeError(f"step {i}: noise_sampler returned dtype {z.dtype}, expected standard normal floats")
+            z = checked_noise(self.noise_sampler(pair[0], pair[1]), self.shape, self.device, f"step {i}")
             self._watch_finite(z, ("noise", i, ""))
             return z.to(self.dtype)
         if self.generator is None:
@@ -240,6 +236,17 @@ def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sample
             raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def checked_noise(z: Any, shape: torch.Size, device: torch.device, where: str) -> Tensor:
+    """A noise sampler's draw: a floating-point tensor of x's shape on x's device, or an error naming `where`."""
+    if not isinstance(z, Tensor) or z.shape != shape:
+        raise ValueError(f"{where}: noise_sampler returned {_describe(z)}, expected a tensor of shape {tuple(shape)}")
+    if z.device != device:
+        raise ValueError(f"{where}: noise_sampler returned a tensor on {z.device}, expected {device}")
+    if not z.is_floating_point():
+        raise TypeError(f"{where}: noise_sampler returned dtype {z.dtype}, expected standard normal floats")
+    return z
 
 
 def checked_output(output: Any, x: Tensor, where: str) -> Tensor:

@@ -16,6 +16,7 @@ class Shortcut(Solver):
 
     name = "shortcut"
     model_output = "velocity"
+    schedule_kind = "flow_times"
 
     def ends_at_zero(self, schedule: Tensor) -> bool:
         return False  # a grid of timesteps / flow times, not sigmas: no denoise step
