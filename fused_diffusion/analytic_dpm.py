@@ -15,6 +15,7 @@ paper's own Γ_n is the mean square of the score, ms_eps / β̄_n.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import numbers
@@ -27,21 +28,21 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import files
 from .models import unwrap_output
-from .schedules import check_alphas_cumprod, check_count, check_real, describe
-
-FILE_KIND = "fused_diffusion.analytic_dpm.GammaEstimate"
-
+from .schedules import check_alphas_cumprod, check_bool, check_count, check_real, describe
 
 @dataclass(eq=False)
 class GammaEstimate:
     """Γ_t = E||ε_θ(x_t, t)||² / d at `timesteps` (increasing int64), with the Monte-Carlo standard error of each
-    value and the number of samples per timestep it was averaged over."""
+    value, the number of samples per timestep it was averaged over, and a digest of the alphas_cumprod it was
+    estimated on (`schedule_digest`; None when unknown), which `optimal_variance` compares with its own."""
 
     timesteps: Tensor
     gamma: Tensor
     stderr: Tensor
     samples: int
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         self.timesteps = check_timesteps("timesteps", self.timesteps, order="increasing")
@@ -60,6 +61,8 @@ class GammaEstimate:
                                  f"{int(self.timesteps[i])}")
             setattr(self, name, value)
         self.samples = check_count("samples", self.samples)
+        if self.schedule is not None and not isinstance(self.schedule, str):
+            raise TypeError(f"schedule must be a digest (str, from schedule_digest) or None, got {describe(self.schedule)}")
 
     def at(self, timesteps: Tensor | Sequence[int]) -> Tensor:
         """Γ at `timesteps` (float64), or an error naming the timesteps this estimate does not cover."""
@@ -75,29 +78,18 @@ class GammaEstimate:
 
     def save(self, path: str | Path) -> None:
         """Writes the estimate as a safetensors file."""
-        from safetensors.torch import save_file
-
-        save_file({"timesteps": self.timesteps, "gamma": self.gamma, "stderr": self.stderr}, str(path),
-                  metadata={"kind": FILE_KIND, "samples": str(self.samples)})
+        files.save(path, {"timesteps": self.timesteps, "gamma": self.gamma, "stderr": self.stderr},
+                   files.GAMMA_ESTIMATE, samples=self.samples, schedule=self.schedule)
 
     @classmethod
     def load(cls, path: str | Path) -> "GammaEstimate":
         """Reads an estimate written by `save`."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no Γ estimate at {path}")
+        tensors, metadata = files.read(path, files.GAMMA_ESTIMATE)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for each kind of damage
-            raise ValueError(f"cannot read the Γ estimate {path}: {type(e).__name__}: {e}") from e
-        if metadata.get("kind") != FILE_KIND or set(tensors) != {"timesteps", "gamma", "stderr"}:
-            raise ValueError(f"{path} is not a Γ estimate written by GammaEstimate.save (metadata {metadata}, "
-                             f"tensors {sorted(tensors)})")
-        return cls(tensors["timesteps"], tensors["gamma"], tensors["stderr"], int(metadata["samples"]))
+            return cls(tensors["timesteps"], tensors["gamma"], tensors["stderr"], metadata["samples"],
+                       metadata.get("schedule"))
+        except (TypeError, ValueError) as e:
+            raise files.damaged(path, files.GAMMA_ESTIMATE, f"{type(e).__name__}: {e}") from None
 
 
 def check_timesteps(name: str, timesteps: object, num_train_timesteps: int | None = None,
@@ -185,19 +177,25 @@ def optimal_variance(alphas_cumprod: Tensor, timesteps: Tensor | Sequence[int], 
     eta = check_eta(eta)
     data_range = check_data_range(data_range)
     if isinstance(gamma, GammaEstimate):
+        if gamma.schedule is not None and gamma.schedule != schedule_digest(ac):
+            raise ValueError("gamma was estimated on another alphas_cumprod (another training schedule): estimate Γ "
+                             "with this model's alphas_cumprod")
         g = gamma.at(t)
     elif isinstance(gamma, Tensor):
+        if not gamma.is_floating_point():
+            raise TypeError(f"gamma must be a real floating-point tensor, got dtype {gamma.dtype}")
         g = gamma.detach().to("cpu", torch.float64)
         if g.shape != t.shape:
             raise ValueError(f"gamma must be a GammaEstimate or one value per timestep, shape {tuple(t.shape)}, got "
                              f"shape {tuple(g.shape)}")
-        if not torch.isfinite(g).all():
-            i = int((~torch.isfinite(g)).nonzero()[0])
-            raise ValueError(f"gamma must be finite, got gamma[{i}] = {g[i].item()} at timestep {int(t[i])}")
+        bad = ~(torch.isfinite(g) & (g >= 0))  # a mean square: finite, never negative (as GammaEstimate)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"gamma must be finite and >= 0 (a mean square), got gamma[{i}] = {g[i].item()} at "
+                             f"timestep {int(t[i])}")
     else:
         raise TypeError(f"gamma must be a GammaEstimate or a tensor of Γ at the timesteps, got {describe(gamma)}")
-    if not isinstance(clip, bool):
-        raise TypeError(f"clip must be a bool, got {describe(clip)}")
+    check_bool("clip", clip)
 
     a_r = ac[t]
     a_s = torch.cat([ac[t[1:]], a_r.new_ones(1)])
@@ -226,7 +224,7 @@ def clear_cache() -> None:
 def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: Tensor,
                    timesteps: Tensor | Sequence[int] | None = None, *, samples_per_step: int = 100,
                    batch_size: int = 500, generator: torch.Generator | None = None, cache: bool = True,
-                   disable: bool | None = None) -> GammaEstimate:
+                   data_range: tuple[float, float] | None = (-1.0, 1.0), disable: bool | None = None) -> GammaEstimate:
     """Γ_t = E_{q(x_t)} ||ε_θ(x_t, t)||² / d by Monte Carlo (the expectation in Analytic-DPM's Theorem 1, as the
     authors' code estimates it, `ms_eps`): per timestep, `samples_per_step` draws x_t = sqrt(ᾱ_t) x_0 +
     sqrt(1 - ᾱ_t) ε with x_0 drawn with replacement from `data` (training samples [N, ...], on the model's device)
@@ -235,11 +233,16 @@ def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: 
     estimate (default: all T training timesteps; a sampler needs the ones it visits). The authors average over the whole training set once per
     timestep; the returned standard errors say whether `samples_per_step` is enough.
 
-    Once per model and schedule: the result is cached in memory, keyed by the model object, a version of its
-    parameters and buffers (in-place edits, replaced tensors), alphas_cumprod's values, the timesteps, the sample
-    count and the data tensor (object and version). A second call with the same key returns the cached object
-    without calling the model, whatever its generator or batch_size. A model that is a plain function around a
-    module cannot be watched for weight edits: pass the module (or its bound method), or `cache=False`.
+    `data` must lie in `data_range` (default [-1, 1], the range an image model is trained on; None: unbounded,
+    e.g. latents): [0, 255] or [0, 1] pixels would give a Γ of another data set (above 1 at small t, impossible for
+    an epsilon model on its own data), so they are refused.
+
+    Once per model and schedule: the result is cached in memory, keyed by the model object, a digest of the
+    contents of its parameters and buffers (so every weight edit counts, in place, through `.data` or by replacing
+    a tensor; one pass over the weights per call), alphas_cumprod's values, the timesteps, the sample count and a
+    digest of the data's contents. A second call with the same key returns the cached object without calling the
+    model, whatever its generator or batch_size. A model that is a plain function around a module cannot be
+    watched for weight edits: pass the module (or its bound method), or `cache=False`.
     """
     if not callable(eps_model):
         raise TypeError(f"eps_model must be callable, eps_model(x, t[B]) -> eps, got {describe(eps_model)}")
@@ -250,14 +253,20 @@ def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: 
         raise ValueError(f"data must be a non-empty batch of samples [N, ...], got shape {tuple(data.shape)}")
     if not torch.isfinite(data).all():  # sync-ok: the data is read once, before any model call
         raise ValueError("data contains NaN or inf")
+    data_range = check_data_range(data_range)
+    if data_range is not None:
+        low, high = (float(v) for v in torch.aminmax(data))  # sync-ok: once, before any model call
+        if low < data_range[0] or high > data_range[1]:
+            raise ValueError(f"data holds values in [{low:g}, {high:g}], outside data_range={data_range}, the range "
+                             "the model was trained on: scale it as in training (for [0, 255] pixels data / 127.5 - "
+                             "1, for [0, 1] data * 2 - 1), or pass the range it has (data_range=None: unbounded)")
     t = torch.arange(len(ac)) if timesteps is None else check_timesteps("timesteps", timesteps, len(ac))
     t = t.unique()  # sorted, once each
     samples = check_count("samples_per_step", samples_per_step, minimum=2)  # two at least: a standard error
     batch_size = check_count("batch_size", batch_size)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
-    if not isinstance(cache, bool):
-        raise TypeError(f"cache must be a bool, got {describe(cache)}")
+    check_bool("cache", cache)
 
     key, alive = _cache_key(eps_model, ac, t, samples, data) if cache else (None, None)
     hit = _CACHE.get(key) if alive is not None else None
@@ -268,7 +277,7 @@ def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: 
     bad = ~torch.isfinite(values).all(1)
     if bad.any():
         raise FloatingPointError(f"eps_model returned non-finite values at timesteps {_list(t[bad])}")
-    estimate = GammaEstimate(t, values.mean(1), values.std(1) / math.sqrt(samples), samples)
+    estimate = GammaEstimate(t, values.mean(1), values.std(1) / math.sqrt(samples), samples, schedule_digest(ac))
     if alive is not None:
         for stale in [k for k, (still, _) in _CACHE.items() if not still()]:
             del _CACHE[stale]
@@ -289,37 +298,40 @@ def _mean_squares(eps_model: Callable[..., Any], ac: Tensor, data: Tensor, pairs
         a = ac[t].reshape(-1, *[1] * len(shape))
         x = (a.sqrt().to(device, data.dtype) * data[index] + (1 - a).sqrt().to(device, data.dtype) * noise)
         eps = unwrap_output(eps_model(x, t.to(device)))
-        if not isinstance(eps, Tensor) or eps.shape != x.shape:
-            raise ValueError(f"eps_model returned {describe(eps)} for x of shape {tuple(x.shape)}; expected the same "
-                             "shape (an epsilon prediction)")
+        if not isinstance(eps, Tensor) or eps.shape != x.shape or not eps.is_floating_point():
+            raise ValueError(f"eps_model returned {describe(eps)} for x of shape {tuple(x.shape)}; expected a "
+                             "floating-point tensor of the same shape (an epsilon prediction)")
         out[start : start + len(t)] = eps.detach().to(torch.float64).flatten(1).square().mean(1)
     return out.cpu()  # sync-ok: once, after the estimate
 
 
-def _weights_version(owner: object) -> Hashable:
-    """A module's parameters and buffers as (sum of version counters, data pointers): in-place edits and replaced
-    tensors both change it (DESIGN rule 5). Nothing for a callable that is no module."""
-    if not isinstance(owner, nn.Module):
-        return None
-    tensors = [*owner.parameters(), *owner.buffers()]
-    version = sum(0 if p.is_inference() else p._version for p in tensors)  # inference tensors keep no counter
-    return version, tuple(p.data_ptr() for p in tensors)
+def schedule_digest(alphas_cumprod: Tensor) -> str:
+    """A short digest of a training schedule's values (float64), naming it in a Γ estimate and its file."""
+    return _digest([alphas_cumprod.detach().to("cpu", torch.float64)])
+
+
+def _digest(tensors: Sequence[Tensor]) -> str:
+    """A digest of the tensors' contents (bytes, shapes and dtypes), read once on the host."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        digest.update(repr((tuple(tensor.shape), tensor.dtype)).encode())
+        host = tensor.detach().to("cpu").contiguous()  # sync-ok: once per estimate_gamma call
+        digest.update(host.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _cache_key(eps_model: Callable[..., Any], ac: Tensor, t: Tensor, samples: int,
                data: Tensor) -> tuple[Hashable, Callable[[], bool] | None]:
-    """(key, a check that the key's model and data are still the objects it was made for), or (key, None) when the
-    model takes no weak reference (then nothing is cached)."""
+    """(key, a check that the key's model is still the object it was made for), or (key, None) when the model takes
+    no weak reference (then nothing is cached)."""
     method = inspect.ismethod(eps_model)
     owner = eps_model.__self__ if method else eps_model
     identity = (id(owner), id(eps_model.__func__)) if method else id(eps_model)
-    version = 0 if data.is_inference() else data._version
-    key = (identity, _weights_version(owner), ac.numpy().tobytes(), t.numpy().tobytes(), samples, id(data),
-           version, data.data_ptr(), tuple(data.shape), data.dtype, data.device)
+    weights = _digest([*owner.parameters(), *owner.buffers()]) if isinstance(owner, nn.Module) else None
+    key = (identity, weights, ac.numpy().tobytes(), t.numpy().tobytes(), samples, _digest([data]), data.device)
     try:
         model_ref = weakref.WeakMethod(eps_model) if method else weakref.ref(eps_model)
     except TypeError:
         return key, None
-    data_ref = weakref.ref(data)
-    # an id names one object only while it lives: the key holds while both the model and the data are alive
-    return key, lambda: model_ref() is not None and data_ref() is not None
+    # an id names one object only while it lives: the key holds while the model is alive
+    return key, lambda: model_ref() is not None

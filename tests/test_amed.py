@@ -211,7 +211,7 @@ def test_distill_rejects_bad_arguments(gmm):
         fd.amed.distill(gmm, fd.get_sigmas_karras(3, SIGMA_MIN, SIGMA_MAX), (8,))
     with pytest.raises(ValueError, match="student must be one of"):
         fd.amed.distill(gmm, sigmas, (8,), student="heun")
-    with pytest.raises(ValueError, match="teacher must be a solver name"):
+    with pytest.raises(ValueError, match="teacher must be a solver that can teach"):
         fd.amed.distill(gmm, sigmas, (8,), teacher="rk45")
     with pytest.raises(ValueError, match="M must be an integer >= 0"):
         fd.amed.distill(gmm, sigmas, (8,), M=-1)
@@ -222,7 +222,8 @@ def test_distill_rejects_bad_arguments(gmm):
 def test_load_rejects_a_model_file():
     from fused_diffusion.zoo.digits_unet import DIGITS_WEIGHTS
 
-    with pytest.raises(RuntimeError, match="not an AMED predictor file"):
+    with pytest.raises(ValueError, match=r"is a digits U-Net \(epsilon prediction\) file, not an AMED predictor file: "
+                                         r"load it with fd.zoo.digits\(path=path\)"):
         fd.amed.load(DIGITS_WEIGHTS)
 
 

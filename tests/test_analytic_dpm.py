@@ -55,7 +55,7 @@ def test_gamma_of_one_gaussian_matches_closed_form():
     gmm = fd.GaussianMixture(torch.tensor([[0.3, -0.2, 0.1]]), torch.tensor([s]), torch.tensor([1.0]))
     data = gmm.sample(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     timesteps = [0, 50, 200, 500, 999]
-    est = estimate_gamma(ExactEps(gmm, AC), AC, data, timesteps, samples_per_step=4000, batch_size=4000,
+    est = estimate_gamma(ExactEps(gmm, AC), AC, data, timesteps, samples_per_step=4000, batch_size=4000, data_range=None,
                          generator=torch.Generator().manual_seed(1), cache=False, disable=True)
     a = AC.double()[timesteps]
     exact = (1 - a) / (a * s**2 + 1 - a)
@@ -67,7 +67,7 @@ def test_gamma_of_one_gaussian_matches_closed_form():
 def test_gamma_of_mixture_matches_independent_estimate(gmm):
     timesteps = torch.tensor([10, 100, 300, 600])
     data = gmm.sample(100_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    est = estimate_gamma(ExactEps(gmm, AC), AC, data, timesteps, samples_per_step=4000,
+    est = estimate_gamma(ExactEps(gmm, AC), AC, data, timesteps, samples_per_step=4000, data_range=None,
                          generator=torch.Generator().manual_seed(1), cache=False, disable=True)
     # independently: fresh exact samples of the mixture (no resampling of a data set), the exact posterior mean of
     # eps written from the denoiser here, 20000 draws per timestep
@@ -86,29 +86,34 @@ def test_gamma_of_mixture_matches_independent_estimate(gmm):
 def test_gamma_cache_and_invalidation(gmm):
     model = ExactEps(gmm, AC)
     data = gmm.sample(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    run = lambda m=model, d=data: estimate_gamma(m, AC, d, [5, 500], samples_per_step=8, disable=True)  # noqa: E731
+    run = lambda m=model, d=data: estimate_gamma(m, AC, d, [5, 500], samples_per_step=8, data_range=None,  # noqa: E731
+                                                 disable=True)
     first = run()
     calls = model.calls
     assert calls > 0
     assert run() is first and model.calls == calls  # cached: the model is not called
     assert run(m=model.forward) is not first  # another callable is another key
-    with torch.no_grad():
-        model.scale.mul_(1.0)  # an in-place edit (same values): the version counter moves, the estimate is redone
     calls = model.calls
+    with torch.no_grad():
+        model.scale.mul_(1.0)  # an in-place edit that leaves the values: the same weights, the same estimate
+    assert run() is first and model.calls == calls
+    with torch.no_grad():
+        model.scale.mul_(1.5)  # new values: the estimate is redone
     second = run()
     assert second is not first and model.calls > calls
     assert run() is second
-    assert run(d=data.clone()) is not second  # another data tensor
-    data.add_(0)  # an in-place edit of the data
+    assert run(d=data.clone()) is second  # the same data, another tensor: the same estimate
+    data.add_(0.01)  # an in-place edit of the data
     assert run() is not second
     calls = model.calls
-    estimate_gamma(model, AC, data, [5, 500], samples_per_step=8, cache=False, disable=True)
+    estimate_gamma(model, AC, data, [5, 500], samples_per_step=8, cache=False, data_range=None, disable=True)
     assert model.calls > calls
 
 
 def test_gamma_estimate_save_load(tmp_path, gmm):
     data = gmm.sample(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    est = estimate_gamma(ExactEps(gmm, AC), AC, data, [3, 30, 300], samples_per_step=4, cache=False, disable=True)
+    est = estimate_gamma(ExactEps(gmm, AC), AC, data, [3, 30, 300], samples_per_step=4, cache=False,
+                         data_range=None, disable=True)
     est.save(tmp_path / "gamma.safetensors")
     back = GammaEstimate.load(tmp_path / "gamma.safetensors")
     assert back.samples == 4
@@ -303,7 +308,7 @@ def test_analytic_variance_beats_ddpm_variance_on_mixture():
     gmm = fd.GaussianMixture.random(8, 2, seed=2, spread=2.0)
     model = ExactEps(gmm, AC)
     data = gmm.sample(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    gamma = estimate_gamma(model, AC, data, samples_per_step=100, batch_size=5000,
+    gamma = estimate_gamma(model, AC, data, samples_per_step=100, batch_size=5000, data_range=None,
                            generator=torch.Generator().manual_seed(1), cache=False, disable=True)
     reference = gmm.sample(5000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     noise = torch.randn(5000, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -342,14 +347,14 @@ def _gamma_missing_one():
     (lambda: estimate_gamma(smooth_eps, AC, torch.zeros(4, 2), batch_size=2.0), TypeError, "batch_size"),
     (lambda: estimate_gamma(smooth_eps, AC, torch.zeros(4, 2), generator=0), TypeError, "generator"),
     (lambda: estimate_gamma(lambda x, t: x[:, :1], AC, torch.zeros(4, 2), [3], cache=False), ValueError,
-     r"eps_model returned .*shape \(100, 1\).* for x of shape \(100, 2\); expected the same shape"),
+     r"eps_model returned .*shape \(100, 1\).* for x of shape \(100, 2\); expected a floating-point tensor of the same shape"),
     (lambda: estimate_gamma(lambda x, t: x * torch.where(t > 5, math.nan, 1.0)[:, None], AC, torch.zeros(4, 2),
                             [3, 7, 9], samples_per_step=2, cache=False, disable=True),
      FloatingPointError, r"non-finite values at timesteps \[7, 9\]"),
     (lambda: optimal_variance(AC, [0, 10], torch.ones(2)), ValueError, "timesteps must be strictly decreasing"),
     (lambda: optimal_variance(AC, [10, 0], torch.ones(3)), ValueError, r"one value per timestep, shape \(2,\)"),
     (lambda: optimal_variance(AC, [10, 0], torch.tensor([1.0, math.nan])), ValueError,
-     r"gamma must be finite, got gamma\[1\] = nan at timestep 0"),
+     r"gamma must be finite and >= 0 \(a mean square\), got gamma\[1\] = nan at timestep 0"),
     (lambda: optimal_variance(AC, [10, 0], [0.5, 0.5]), TypeError, "gamma must be a GammaEstimate or a tensor"),
     (lambda: optimal_variance(AC, [10, 0], torch.ones(2), eta=1.5), ValueError, "eta must be in"),
     (lambda: optimal_variance(AC, [10, 0], torch.ones(2), eta="1"), TypeError, "eta must be a real number"),
@@ -401,12 +406,12 @@ def test_load_refuses_other_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="is not a Γ estimate"):
+    with pytest.raises(ValueError, match="is a safetensors file but not an Analytic-DPM Γ estimate file written by"):
         GammaEstimate.load(tmp_path / "other.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
-    with pytest.raises(ValueError, match="cannot read the Γ estimate"):
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
         GammaEstimate.load(tmp_path / "junk.safetensors")
-    with pytest.raises(FileNotFoundError, match="no Γ estimate"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         GammaEstimate.load(tmp_path / "missing.safetensors")
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from .. import schedules, solvers
+from ..schedules import describe
 from .predictor import STUDENTS, Predictor, bottleneck_dim
 
 SCHEDULES = {"polynomial": schedules.get_sigmas_polynomial, "time_uniform": schedules.get_sigmas_time_uniform,
@@ -30,7 +31,10 @@ def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, k
     each step two calls (an AMED step, or an AMED-Plugin step), one less with AFS. As the AMED code: `kind` is
     'polynomial' (EDM's, exponent rho, default 7), 'time_uniform' (VP time, rho default 1: uniform; the paper's
     choice for AMED-Solver) or 'logsnr'."""
-    calls = schedules.check_count("calls", calls)
+    calls, afs = schedules.check_count("calls", calls), schedules.check_bool("afs", afs)
+    if kind == "logsnr" and rho is not None:
+        raise ValueError(f"rho shapes the 'polynomial' and 'time_uniform' schedules; kind='logsnr' takes none, got "
+                         f"rho={rho!r}")
     if (calls + int(afs)) % 2:
         raise ValueError(f"with afs={afs} a schedule costs {'an odd' if afs else 'an even'} number of calls (two per "
                          f"step{', one saved on the first' if afs else ''}); got calls={calls}: use afs={not afs}")
@@ -44,7 +48,8 @@ def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, k
 def refine(sigmas: Tensor, M: int, rho: float = 7.0) -> Tensor:
     """`sigmas` with M points inserted in every interval, uniformly in sigma^(1/rho) (for EDM's polynomial schedule
     this is the same schedule with (M + 1) n + 1 points, as the AMED code's teacher)."""
-    sigmas = sigmas.double()
+    sigmas = schedules.validate_sigmas(sigmas).detach().double()
+    M, rho = schedules.check_count("M", M, minimum=0), schedules.check_real("rho", rho, above=0)
     ramp = sigmas ** (1 / rho)
     fractions = torch.arange(M + 1, dtype=torch.float64) / (M + 1)
     inner = ramp[:-1, None] + fractions * (ramp[1:] - ramp[:-1])[:, None]
@@ -71,7 +76,7 @@ def distill(
     shape: tuple[int, ...],
     *,
     student: str = "amed",
-    teacher: str = "heun",
+    teacher: str | solvers.Solver = "heun",
     M: int = 1,
     afs: bool = True,
     max_order: int = 4,
@@ -104,18 +109,21 @@ def distill(
     over four seeds at 5 calls, against 8.3 to 9.3 balanced: bench/results/amed_digits_cpu.csv). Returns the
     predictor attached to the denoiser, in eval mode.
     """
-    sigmas = _check(sigmas, student, teacher, M, trajectories, batch, max_order)
+    sigmas, shape, teacher = _check(denoiser, sigmas, shape, student, teacher, M, trajectories, batch, max_order, lr,
+                                    seed, extra_args, predictor, afs=afs, teacher_forcing=teacher_forcing,
+                                    balance_steps=balance_steps, progress=progress)
     device = sigmas.device
     if predictor is None:
         dim = bottleneck_dim(denoiser, (batch, *shape), sigmas[:1], extra_args)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's generator untouched
             torch.manual_seed(seed)
             predictor = Predictor(dim, scale_dir=scale_dir, scale_time=scale_time)
-    predictor.to(device).attach(denoiser).train()
-    predictor.sigmas, predictor.student, predictor.afs, predictor.max_order = sigmas.cpu(), student, bool(afs), max_order
+    predictor.to(device).attach(denoiser).train().requires_grad_(True)  # load and distill return it frozen
+    predictor.sigmas = sigmas.cpu()
+    predictor.set_student(student, afs, max_order)
     student_solver = predictor.solver()
     plan = solvers.Plan(student_solver, sigmas)
-    teacher_plan = solvers.Plan(solvers.get_solver(teacher), refine(sigmas.cpu(), M).to(device, sigmas.dtype))
+    teacher_plan = solvers.Plan(teacher, refine(sigmas.cpu(), M).to(device, sigmas.dtype))
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     generator = torch.Generator(device).manual_seed(seed)
     model_params = [p for p in denoiser.parameters() if p.requires_grad] if isinstance(denoiser, nn.Module) else []
@@ -156,26 +164,83 @@ def distill(
     finally:
         for p in model_params:
             p.requires_grad_(True)
-    predictor.info = {"teacher": teacher, "M": M, "trajectories": iterations * batch, "batch": batch, "lr": lr,
+    predictor.info = {"teacher": teacher.name, "M": M, "trajectories": iterations * batch, "batch": batch, "lr": lr,
                       "seed": seed, "seconds": round(time.perf_counter() - start, 1),
                       "loss_first": losses[0], "loss_last": losses[-1]}
     return predictor.eval().requires_grad_(False)
 
 
-def _check(sigmas: Tensor, student: str, teacher: str, M: int, trajectories: int, batch: int, max_order: int) -> Tensor:
+def _check(denoiser: Any, sigmas: Tensor, shape: Any, student: str, teacher: Any, M: int, trajectories: int,
+           batch: int, max_order: int, lr: float, seed: int, extra_args: Any, predictor: Any,
+           **flags: Any) -> tuple[Tensor, tuple[int, ...], solvers.Solver]:
+    """The arguments checked before any model call: (sigmas without autograd, shape as a tuple, the teacher solver);
+    `flags` are bools (teacher_forcing may be None)."""
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x, sigma[B]) -> x0, got {describe(denoiser)}")
     schedules.validate_sigmas(sigmas)
     if sigmas[-1] <= 0:  # sync-ok: once
         raise ValueError("distill needs the student's schedule ending above 0 (at sigma_min, as AMED's; the step to "
                          f"0 has no midpoint to learn); got sigmas[-1] = {float(sigmas[-1])}")
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+        raise TypeError(f"shape must be one sample's shape, a non-empty tuple of ints such as (1, 8, 8), got "
+                        f"{describe(shape)}")
+    shape = tuple(schedules.check_count(f"shape[{i}]", size) for i, size in enumerate(shape))
     if not isinstance(student, str) or student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
-    if not isinstance(teacher, str) or teacher not in solvers.SOLVERS:
-        raise ValueError(f"teacher must be a solver name, one of {sorted(solvers.SOLVERS)}; got {teacher!r}")
-    for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1)):
+    for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1), ("seed", seed, 0)):
         schedules.check_count(name, value, minimum=low)
+    schedules.check_real("lr", lr, above=0)
     if student == "ipndm" and max_order not in (1, 2, 3, 4):
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
-    return sigmas
+    if extra_args is not None and not isinstance(extra_args, dict):
+        raise TypeError(f"extra_args must be a dict of keyword arguments for the model or None, got "
+                        f"{describe(extra_args)}")
+    if predictor is not None and not isinstance(predictor, Predictor):
+        raise TypeError(f"predictor must be an fd.amed.Predictor to train further, or None, got {describe(predictor)}")
+    for name, flag in flags.items():
+        if not (name == "teacher_forcing" and flag is None):
+            schedules.check_bool(name, flag)
+    return sigmas.detach(), shape, teacher_solver(teacher)
+
+
+def teacher_solver(teacher: Any) -> solvers.Solver:
+    """The teacher as a solver: a deterministic ODE solver on sigmas that needs no arguments (by name), or such a
+    Solver instance. A stochastic one would make the targets, and so the predictor, differ run to run."""
+    if isinstance(teacher, str):
+        if teacher not in solvers.SOLVERS:
+            raise ValueError(f"teacher must be a solver that can teach, one of {teachers()}, or a Solver instance; "
+                             f"got {teacher!r}")
+        try:
+            solver = solvers.get_solver(teacher)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"teacher={teacher!r} cannot be built without options ({e}); choose one of "
+                             f"{teachers()}, or pass a Solver instance") from None
+    elif isinstance(teacher, solvers.Solver):
+        solver = teacher
+    else:
+        raise TypeError(f"teacher must be a solver name or a Solver instance, got {describe(teacher)}")
+    if solver.schedule_kind != "sigmas" or solver.model_output != "denoised":
+        raise ValueError(f"teacher={solver.name!r} solves over {solver.schedule_kind} with a model predicting "
+                         f"{solver.model_output}, not over the student's sigmas with a denoiser; choose one of "
+                         f"{teachers()}")
+    if solver.stochastic:
+        raise ValueError(f"teacher={solver.name!r} draws noise at every step with these options, so the targets (and "
+                         f"the predictor) would differ from run to run; the teacher solves the ODE: choose one of "
+                         f"{teachers()} (or an ancestral solver with eta=0 as an instance)")
+    return solver
+
+
+def teachers() -> list[str]:
+    """The solver names that can teach with their default options."""
+    names = []
+    for name, cls in solvers.SOLVERS.items():
+        try:
+            solver = cls()
+        except (TypeError, ValueError):
+            continue
+        if solver.schedule_kind == "sigmas" and solver.model_output == "denoised" and not solver.stochastic:
+            names.append(name)
+    return sorted(names)
 
 
 def _detach_history(run: solvers.Run) -> None:

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..schedules import check_count, check_real
+from .. import files
+from ..schedules import check_bool, check_count, check_real
 
 STUDENTS = ("amed", "ipndm")
 
@@ -99,7 +100,9 @@ class Predictor(nn.Module):
         super().__init__()
         check_count("bottleneck_dim", bottleneck_dim, minimum=0)
         check_count("hidden_dim", hidden_dim)
-        check_count("bottleneck_out", bottleneck_out, minimum=0)
+        if check_count("bottleneck_out", bottleneck_out, minimum=0) == 0 and bottleneck_dim:
+            raise ValueError(f"bottleneck_out must be >= 1 for a predictor that reads a bottleneck (bottleneck_dim="
+                             f"{bottleneck_dim}); a time-only predictor has bottleneck_dim=0")
         if check_count("noise_channels", noise_channels, minimum=2) % 2:
             raise ValueError(f"noise_channels must be an even int >= 2, got {noise_channels!r}")
         for name, value in (("scale_dir", scale_dir), ("scale_time", scale_time)):
@@ -134,11 +137,15 @@ class Predictor(nn.Module):
         A time-only predictor needs no model; attaching again moves the hook."""
         if not self.config["bottleneck_dim"]:
             return self
+        if isinstance(getattr(model, "denoiser", None), nn.Module) and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be the denoiser module, got a {type(model).__name__}: pass its .denoiser "
+                            "(model, alphas_cumprod, shape = fd.zoo.digits(); predictor.attach(model))")
         mid = find_bottleneck(model)
         if mid is None:
             raise ValueError(f"this predictor reads a U-Net bottleneck (bottleneck_dim="
                              f"{self.config['bottleneck_dim']}) but {type(model).__name__} contains no module with a "
-                             f"`mid_block` (a diffusers U-Net); use a time-only Predictor(bottleneck_dim=0)")
+                             f"`mid_block` (a diffusers U-Net): attach it to the denoiser of the U-Net it was trained on (only a "
+                             f"time-only Predictor(bottleneck_dim=0) needs none)")
         self.release()
         self._hook = mid.register_forward_hook(self._capture)
         return self
@@ -195,6 +202,14 @@ class Predictor(nn.Module):
 
     # --- what it was trained for -------------------------------------------------------------------------------
 
+    def set_student(self, student: str, afs: bool, max_order: int) -> None:
+        """The student solver this predictor is for: 'amed' or 'ipndm' (with its max_order), with AFS or not."""
+        if not isinstance(student, str) or student not in STUDENTS:
+            raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+        if isinstance(max_order, bool) or max_order not in (1, 2, 3, 4):
+            raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
+        self.student, self.afs, self.max_order = student, check_bool("afs", afs), int(max_order)
+
     @property
     def calls(self) -> int:
         """Model calls of one run of its student over its schedule: two per step, one less with AFS."""
@@ -213,41 +228,38 @@ class Predictor(nn.Module):
     def sample(self, model: Callable[..., Tensor], x: Tensor, denoise_to_zero: bool = False,
                extra_args: dict | None = None, disable: bool | None = True) -> Tensor:
         """Samples with the student over the schedule it was trained for; x is the noise scaled by sigmas[0].
-        `denoise_to_zero` adds one call returning D(x, sigma_min)."""
+        `denoise_to_zero` adds one call returning D(x, sigma_min). A U-Net predictor is attached to `model` first
+        (it reads that model's bottleneck)."""
         from .. import solvers
 
-        sigmas = self.sigmas.to(x.device) if self.sigmas is not None else None
-        if sigmas is None:
+        solvers.check_input(x)
+        if self.sigmas is None:
             raise ValueError("this predictor has no schedule yet (train it with fd.amed.distill or load one)")
-        if denoise_to_zero:
+        sigmas = self.sigmas.to(x.device)
+        self.attach(model)
+        if check_bool("denoise_to_zero", denoise_to_zero):
             sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         return solvers.sample(self.solver(), model, x, sigmas, extra_args, disable=disable)
 
     def save(self, path: str | Path) -> None:
         """safetensors: the weights and the schedule, with the config and training facts as metadata."""
-        from ..zoo.store import save_weights
-
         if self.sigmas is None:
             raise ValueError("only a trained predictor (with its schedule) can be saved")
-        save_weights(path, {**self.state_dict(), "sigmas": self.sigmas.float()}, config=self.config,
-                     student=self.student, afs=self.afs, max_order=self.max_order, info=self.info)
+        files.save(path, {**self.state_dict(), "sigmas": self.sigmas.float()}, files.AMED_PREDICTOR,
+                   config=self.config, student=self.student, afs=self.afs, max_order=self.max_order, info=self.info)
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None) -> "Predictor":
         """A predictor written by `save`, attached to `model` when one is given (it must be, for a U-Net predictor,
         before sampling)."""
-        from ..zoo.store import read_weights
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"path: no AMED predictor file at {str(path)!r}")
-        tensors, metadata = read_weights(path)
-        missing = {"config", "student", "afs", "max_order"} - set(metadata)
-        if missing or "sigmas" not in tensors:
-            raise RuntimeError(f"{path} is not an AMED predictor file (missing {sorted(missing) or ['sigmas']})")
-        predictor = cls(**metadata["config"])
-        predictor.sigmas = tensors.pop("sigmas")
-        predictor.load_state_dict(tensors)
-        predictor.student, predictor.afs, predictor.max_order = metadata["student"], metadata["afs"], metadata["max_order"]
+        tensors, metadata = files.read(path, files.AMED_PREDICTOR)
+        try:
+            predictor = cls(**metadata["config"])
+            predictor.sigmas = tensors.pop("sigmas")
+            predictor.load_state_dict(tensors)
+            predictor.set_student(metadata["student"], metadata["afs"], metadata["max_order"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise files.damaged(path, files.AMED_PREDICTOR, f"{type(e).__name__}: {e}") from None
         predictor.info = metadata.get("info", {})
         if model is not None:
             predictor.attach(model)
