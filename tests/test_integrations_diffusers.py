@@ -300,9 +300,11 @@ def test_fused_scheduler_misuse_is_named():
     with pytest.raises(RuntimeError, match="step called 3 times for 2 timesteps"):
         scheduler.step(torch.zeros(1, 16), 0, torch.zeros(1, 16))
     scheduler.set_timesteps(2)
-    scheduler.step(torch.zeros(1, 16), 999, torch.zeros(1, 16), eta=0.0)
+    with pytest.raises(ValueError, match=r"timestep 999 is not one of this run's timesteps \[500, 0\]"):
+        scheduler.step(torch.zeros(1, 16), 999, torch.zeros(1, 16), eta=0.0)
+    scheduler.step(torch.zeros(1, 16), 500, torch.zeros(1, 16), eta=0.0)
     with pytest.raises(ValueError, match=r"eta changed within a run \(0.0 at the first step, 0.5 now\)"):
-        scheduler.step(torch.zeros(1, 16), 499, torch.zeros(1, 16), eta=0.5)
+        scheduler.step(torch.zeros(1, 16), 0, torch.zeros(1, 16), eta=0.5)
     with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'dpmpp_2m', got 'heun'"):
         fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="heun")
     with pytest.raises(ValueError, match="prediction_type='v_prediction' is not supported"):

@@ -104,10 +104,12 @@ def test_step_callbacks_see_the_pipelines_latents(components, solver):
 def test_unsupported_options_are_named(components):
     pipe = pipeline(components, diffusers.EulerDiscreteScheduler())
     fd.integrations.accelerate(pipe, solver="euler")
-    with pytest.raises(ValueError, match=r"an accelerated pipeline does not take \['ip_adapter_image'\]"):
+    with pytest.raises(ValueError, match=r"an accelerated StableDiffusionPipeline does not take \['ip_adapter_image'\]"):
         images(pipe, ip_adapter_image=torch.zeros(1, 3, 16, 16))
-    with pytest.raises(ValueError, match="guidance_rescale, cross_attention_kwargs"):
-        images(pipe, guidance_rescale=0.7)
+    with pytest.raises(ValueError, match=r"does not take \['cross_attention_kwargs', 'guidance_rescale'\]"):
+        images(pipe, guidance_rescale=0.7, cross_attention_kwargs={"scale": 0.5})
+    with pytest.raises(ValueError, match=r"does not take \['timesteps'\]"):  # the 5th positional argument
+        pipe(None, None, None, 4, [999, 500])
     with pytest.raises(ValueError, match="eta=0.5 is DDIM's; this pipeline samples with solver='euler'"):
         images(pipe, eta=0.5)
     fd.integrations.undo(pipe)

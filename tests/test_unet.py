@@ -333,7 +333,7 @@ def test_enabling_twice_and_unsupported_models_name_the_problem():
     (dict(mode="cubic"), "mode must be 'uniform' or 'quadratic', got 'cubic'"),
     (dict(blend=1.5), r"blend must be None or a weight in \[0, 1\], got 1.5"),
     (dict(mode="quadratic"), "mode='quadratic' needs calls"),
-    (dict(mode="quadratic", calls=10, center=12), r"center must be an int in \[0, 10\), got 12"),
+    (dict(mode="quadratic", calls=10, center=12), r"center must be an integer in \[0, 10\) \(a call of the run\), got 12"),
     (dict(mode="quadratic", calls=True), r"calls must be an integer >= 1, got True \(bool\)"),
     (dict(blend=True), r"blend must be a real number, got True \(bool\)"),
 ])

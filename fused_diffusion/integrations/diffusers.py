@@ -9,6 +9,7 @@ epsilon prediction. Anything else in the configuration that changes the result i
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,20 +19,61 @@ from torch import Tensor
 from ..engine import Sampler
 from .. import ops
 from ..models import CFGDenoiser, EpsDenoiser, lincomb_rows
-from ..schedules import check_count, describe, img2img_schedule
-from ..solvers import DDIM, Plan, get_solver, run
+from ..schedules import check_bool, check_count, check_device, check_real, describe, img2img_schedule
+from ..solvers import DDIM, Plan, check_input, get_solver, run
 
-# scheduler class name -> (fd solver, the configuration values fd's solver reproduces)
-SUPPORTED: dict[str, tuple[str, dict[str, Any]]] = {
-    "DDIMScheduler": ("ddim", {"prediction_type": "epsilon", "thresholding": False, "rescale_betas_zero_snr": False}),
-    "EulerDiscreteScheduler": ("euler", {"prediction_type": "epsilon", "rescale_betas_zero_snr": False,
-                                         "timestep_type": "discrete", "final_sigmas_type": "zero"}),
-    "HeunDiscreteScheduler": ("heun", {"prediction_type": "epsilon", "clip_sample": False}),
-    "DPMSolverMultistepScheduler": ("dpmpp_2m", {
+# settings every supported scheduler turns into the schedule that from_diffusers reads off it (set_timesteps)
+SCHEDULE_SETTINGS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                     "timestep_spacing", "steps_offset"}
+SIGMA_SETTINGS = {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"}
+
+
+@dataclass(frozen=True)
+class Support:
+    """What from_diffusers reproduces of one scheduler class: its solver, the settings it reproduces at any value
+    (read off the scheduler's own schedule, or without effect under the required values) and the settings it needs
+    at one value. Every other setting must keep the class's default, so a setting added by a later diffusers is
+    refused by name instead of silently ignored."""
+
+    solver: str
+    reproduced: frozenset[str]
+    required: dict[str, Any]
+
+
+SUPPORTED: dict[str, Support] = {
+    "DDIMScheduler": Support("ddim", frozenset(SCHEDULE_SETTINGS | {
+        "clip_sample", "set_alpha_to_one", "clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"}),
+        {"prediction_type": "epsilon", "thresholding": False, "rescale_betas_zero_snr": False}),
+    "EulerDiscreteScheduler": Support("euler", frozenset(SCHEDULE_SETTINGS | SIGMA_SETTINGS | {
+        "sigma_min", "sigma_max"}), {"prediction_type": "epsilon", "rescale_betas_zero_snr": False,
+                                     "timestep_type": "discrete", "final_sigmas_type": "zero",
+                                     "interpolation_type": "linear"}),
+    "HeunDiscreteScheduler": Support("heun", frozenset(SCHEDULE_SETTINGS | SIGMA_SETTINGS | {"clip_sample_range"}),
+                                     {"prediction_type": "epsilon", "clip_sample": False}),
+    "DPMSolverMultistepScheduler": Support("dpmpp_2m", frozenset(SCHEDULE_SETTINGS | SIGMA_SETTINGS | {
+        "lower_order_final", "lambda_min_clipped", "dynamic_thresholding_ratio", "sample_max_value", "flow_shift",
+        "time_shift_type"}), {
         "prediction_type": "epsilon", "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint",
         "thresholding": False, "final_sigmas_type": "zero", "euler_at_final": False, "use_lu_lambdas": False,
-        "variance_type": None, "rescale_betas_zero_snr": False}),
+        "variance_type": None, "rescale_betas_zero_snr": False, "use_flow_sigmas": False,
+        "use_dynamic_shifting": False}),
 }
+
+
+def check_config(scheduler: Any, support: Support) -> None:
+    """Refuses, by name, a setting of `scheduler` that from_diffusers would not reproduce."""
+    name = type(scheduler).__name__
+    defaults = {key: p.default for key, p in inspect.signature(type(scheduler).__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key, default in defaults.items():
+        value = scheduler.config.get(key, default)
+        if key in support.required:
+            if value != support.required[key]:
+                raise ValueError(f"{name} with {key}={value!r} is not supported; from_diffusers reproduces "
+                                 f"{key}={support.required[key]!r}")
+        elif key not in support.reproduced and not (value is default or value == default):
+            raise ValueError(f"{name} with {key}={value!r} is not supported; from_diffusers reproduces {name} with "
+                             f"{key} at its default, {default!r}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +113,8 @@ class DiffusersSchedule:
         the scheduler's add_noise to the first of them."""
         schedule = self.schedule.to(noise.device)
         x = noise * self.init_noise_sigma
+        check_input(noise, "noise")
+        strength = check_real("strength", strength)
         solver = get_solver(self.solver, **self.solver_options)
         if image is not None:
             schedule = img2img_schedule(schedule, strength)
@@ -125,12 +169,9 @@ def from_diffusers(scheduler: Any, steps: int, **step_options: Any) -> Diffusers
     if name not in SUPPORTED or not hasattr(scheduler, "config"):
         raise TypeError(f"scheduler must be one of diffusers' {', '.join(SUPPORTED)}, got {describe(scheduler)}")
     steps = check_count("steps", steps)
-    solver, required = SUPPORTED[name]
+    solver = SUPPORTED[name].solver
+    check_config(scheduler, SUPPORTED[name])
     config = scheduler.config
-    for key, value in required.items():
-        if key in config and config[key] != value:
-            raise ValueError(f"{name} with {key}={config[key]!r} is not supported; from_diffusers reproduces "
-                             f"{key}={value!r}")
     allowed = {"eta"} if solver == "ddim" else set()
     if unknown := set(step_options) - allowed:
         raise TypeError(f"step options {sorted(unknown)} are not taken for {name}; it takes {sorted(allowed) or 'none'}")
@@ -160,9 +201,10 @@ class FusedScheduler:
 
     `step` makes the solver's update as one fused launch with coefficients read from device tables (plus one
     elementwise op turning epsilon into the solver's input, and DPM-Solver's change of space), and moves the step
-    index on the host: no host sync per step. So, unlike diffusers, the `timestep` given to `step` is not
-    looked up: steps must follow `timesteps` in order from `set_timesteps` (as every pipeline loop does).
-    `step` returns `prev_sample` only (pipelines read nothing else). Two-call solvers (Heun) are not offered.
+    index on the host: no host sync per step. The run starts where the pipeline says (`set_begin_index`, as
+    img2img pipelines call it) or, without that, at the first `timestep` given to `step` (looked up once per run);
+    later steps follow `timesteps` in order, as every pipeline loop does. `step` returns `prev_sample` only
+    (pipelines read nothing else). Two-call solvers (Heun) are not offered.
     """
 
     SOLVERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
@@ -179,6 +221,7 @@ class FusedScheduler:
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._setup: DiffusersSchedule | None = None
+        self._begin_index: int | None = None
 
     @classmethod
     def from_config(cls, config: Any, solver: str = "dpmpp_2m", **overrides: Any) -> "FusedScheduler":
@@ -194,22 +237,35 @@ class FusedScheduler:
     def config(self) -> Any:
         return self.reference.config
 
+    def _require_timesteps(self, what: str) -> DiffusersSchedule:
+        if self._setup is None:
+            raise RuntimeError(f"call set_timesteps(num_inference_steps) before {what}")
+        return self._setup
+
     @property
     def init_noise_sigma(self) -> float:
         """The factor pipelines multiply their unit noise by: the reference scheduler's (1 in DDIM's and
         DPM-Solver's variance-preserving space)."""
-        if self._setup is None:
-            raise RuntimeError("call set_timesteps(num_inference_steps) first")
+        self._require_timesteps("reading init_noise_sigma")
         return float(self.reference.init_noise_sigma)
 
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """The run's first step is step `begin_index` of `timesteps` (img2img pipelines skip the first steps)."""
+        self._begin_index = check_count("begin_index", begin_index, minimum=0)
+
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """The run's timesteps and the solver's coefficient tables, on `device`; the next step is step 0."""
-        self._setup = setup = from_diffusers(self.reference, num_inference_steps)
+        """The run's timesteps and the solver's coefficient tables, on `device`; the next step starts a run."""
+        device = check_device(device) if device is not None else torch.device("cpu")  # checked before any change
+        setup = from_diffusers(self.reference, num_inference_steps)
         self.reference.set_timesteps(num_inference_steps)  # for init_noise_sigma and add_noise
-        self.num_inference_steps = num_inference_steps
-        device = torch.device(device) if device is not None else torch.device("cpu")
+        self._setup, self.num_inference_steps = setup, num_inference_steps
         self.timesteps = self.reference.timesteps.to(device)
-        self._plan_schedule = setup.schedule.to(device)
+        self._host_timesteps = self.reference.timesteps.detach().to("cpu", torch.float64)
+        self._schedule = setup.schedule.to(device)
         # the pipeline's space -> the solver's: x_solver = x * in_scale[i]; back with out_scale[i] (step i's end)
         if self.solver == "dpmpp_2m":
             scale = (setup.schedule.double() ** 2 + 1).sqrt().float().to(device)
@@ -218,44 +274,103 @@ class FusedScheduler:
                              if self.solver == "euler" else None)
         self._run: run.Run | None = None
         self._eta: float | None = None
+        self._begin_index = None
         self._index = 0
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
         """Euler: the model sees x / sqrt(sigma^2 + 1) at the current step; the others: x itself."""
+        self._require_timesteps("scale_model_input")
         if self._input_scale is None:
             return sample
-        return sample * self._input_scale[self._index].to(sample.dtype)
+        index = self._index if self._run is not None else self._start_index(timestep)
+        if index >= len(self._input_scale):
+            raise RuntimeError(f"scale_model_input after the last of {len(self.timesteps)} steps; call set_timesteps "
+                               "again for a new run")
+        return sample * self._input_scale[index].to(sample.dtype)
+
+    def _start_index(self, timestep: Any) -> int:
+        """The run's first step: set_begin_index's, else where `timestep` stands in `timesteps` (one host read)."""
+        if self._begin_index is not None:
+            return self._begin_index
+        if timestep is None:
+            return 0
+        value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: once per run
+        found = (self._host_timesteps == value).nonzero()
+        if not len(found):
+            raise ValueError(f"timestep {value:g} is not one of this run's timesteps "
+                             f"{self._host_timesteps.long().tolist()}")
+        return int(found[0])
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
-             return_dict: bool = True, **unused: Any):
-        """One solver step from `sample` with the model's epsilon `model_output` for the current timestep."""
-        if self._setup is None:
-            raise RuntimeError("call set_timesteps(num_inference_steps) before step")
+             variance_noise: Tensor | None = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+             s_tmax: float = float("inf"), s_noise: float = 1.0, return_dict: bool = True):
+        """One solver step from `sample` with the model's epsilon `model_output` for the current timestep. The
+        keywords are the union of the diffusers schedulers' `step` options; those the solver does not reproduce
+        (a churn, clipped model outputs, given variance noise, eta outside DDIM) are refused unless at their default."""
+        self._require_timesteps("step")
+        self._check_step_options(eta, use_clipped_model_output, variance_noise, s_churn, s_tmin, s_tmax, s_noise)
+        check_input(sample, "sample")
+        check_input(model_output, "model_output")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                             f"{tuple(sample.shape)}; pass the model's prediction for this sample")
+        if self._run is None:  # the run starts here, where the sample's shape, device and DDIM's eta are known
+            self._index = self._start_index(timestep)
+            if self._index >= len(self.timesteps):
+                raise ValueError(f"begin_index {self._index} is past the last of {len(self.timesteps)} timesteps")
+            options = dict(self._setup.solver_options)
+            if self.solver == "ddim":  # a tail of the grid still strides by the whole run's T // n
+                options.update(eta=eta, grid_steps=len(self._schedule))
+            tail = self._schedule[self._index:]
+            self._run = run.Run(Plan(get_solver(self.solver, **options), tail), self._from_model_output, sample,
+                                generator=generator, check_finite=False)
+            self._eta, self._run_start = eta, self._index
+        else:
+            self._check_same_run(sample, eta)
+        i, self._index = self._index, self._index + 1
+        self._model_output = model_output
+        local = i - self._run_start  # the step in the run's own plan (its schedule is the tail from the start)
+        if self.solver == "dpmpp_2m":
+            prev = self._run.solver.step(self._run, local, sample * self._in_scale[i].to(sample.dtype))
+            prev = prev * self._out_scale[i].to(prev.dtype)
+        else:
+            prev = self._run.solver.step(self._run, local, sample)
+        self._model_output = None
+        return SchedulerOutput(prev) if return_dict else (prev,)
+
+    def _check_step_options(self, eta: Any, use_clipped_model_output: Any, variance_noise: Any, s_churn: Any,
+                            s_tmin: Any, s_tmax: Any, s_noise: Any) -> None:
+        scheduler = self.SOLVERS[self.solver]
+        check_real("eta", eta, at_least=0)
+        if eta != 0 and self.solver != "ddim":
+            raise ValueError(f"eta={eta} is DDIMScheduler's; this scheduler reproduces {scheduler}")
+        if use_clipped_model_output:
+            raise ValueError("use_clipped_model_output=True is not supported by FusedScheduler")
+        if variance_noise is not None:
+            raise ValueError("variance_noise is not supported by FusedScheduler: pass a generator for the step noise")
+        churn = {"s_churn": (s_churn, 0.0), "s_tmin": (s_tmin, 0.0), "s_tmax": (s_tmax, float("inf")),
+                 "s_noise": (s_noise, 1.0)}
+        for name, (value, default) in churn.items():
+            if check_real(name, value, allow_inf=True) != default:
+                raise ValueError(f"{name}={value} (EulerDiscreteScheduler's churn) is not supported by FusedScheduler; "
+                                 f"it reproduces {name}={default}")
+
+    def _check_same_run(self, sample: Tensor, eta: float) -> None:
+        """A step after the first must continue its run: no steps past the end, the same eta, and the sample's shape,
+        dtype and device (the solver's history is per run). Host-side metadata only, no sync."""
         if self._index >= len(self.timesteps):
             raise RuntimeError(f"step called {self._index + 1} times for {len(self.timesteps)} timesteps; call "
                                "set_timesteps again for a new run")
-        if use_clipped_model_output:
-            raise ValueError("use_clipped_model_output=True is not supported by FusedScheduler")
-        if self._run is None:  # built at the first step, when the sample's shape, device and DDIM's eta are known
-            options = dict(self._setup.solver_options)
-            if self.solver == "ddim":
-                options["eta"] = eta
-            solver = get_solver(self.solver, **options)
-            self._eta = eta
-            self._run = run.Run(Plan(solver, self._plan_schedule), self._from_model_output, sample,
-                                generator=generator, check_finite=False)
-        elif self.solver == "ddim" and eta != self._eta:
+        if self.solver == "ddim" and eta != self._eta:
             raise ValueError(f"eta changed within a run ({self._eta} at the first step, {eta} now)")
-        i, self._index = self._index, self._index + 1
-        self._model_output = model_output
-        if self.solver == "dpmpp_2m":
-            prev = self._run.solver.step(self._run, i, sample * self._in_scale[i].to(sample.dtype))
-            prev = prev * self._out_scale[i].to(prev.dtype)
-        else:
-            prev = self._run.solver.step(self._run, i, sample)
-        self._model_output = None
-        return SchedulerOutput(prev) if return_dict else (prev,)
+        started = self._run
+        if (sample.shape, sample.dtype, sample.device) != (started.shape, started.dtype, started.device):
+            raise ValueError(
+                f"sample at step {self._index} (timestep {int(self._host_timesteps[self._index])}) has shape "
+                f"{tuple(sample.shape)}, {sample.dtype} on {sample.device}, but this run began with "
+                f"{tuple(started.shape)}, {started.dtype} on {started.device}; the scheduler keeps the solver's "
+                "history per run: call set_timesteps(...) to start a run for another batch")
 
     def _from_model_output(self, x: Tensor, level: Tensor) -> Tensor:
         """The solver's model: the epsilon the pipeline passed to `step` (DDIM), or the denoised x - sigma * eps
@@ -295,6 +410,8 @@ class Acceleration:
     original_class: type
     scheduler: Any  # the diffusers scheduler whose loop the pipeline now reproduces
     solver: str
+    unet: Any  # the pipeline's U-Net and scheduler when accelerated: a replaced one is refused, not ignored
+    pipeline_scheduler: Any
     cuda_graph: bool
     handles: list[Any]
     samplers: dict[tuple, Sampler] = field(default_factory=dict)
@@ -316,6 +433,14 @@ class Acceleration:
             self.models[key] = build()
         return self.models[key]
 
+    def check_pipeline(self, pipe: Any) -> None:
+        """The pipeline still holds the U-Net and scheduler it was accelerated with (the samplers and models built
+        for it would run the old ones)."""
+        for name, kept in (("unet", self.unet), ("scheduler", self.pipeline_scheduler)):
+            if getattr(pipe, name) is not kept:
+                raise ValueError(f"pipe.{name} was replaced after accelerate(pipe); call undo(pipe) and accelerate it "
+                                 "again to sample with the new one")
+
     def run(self, setup: DiffusersSchedule, model: Callable[..., Any], noise: Tensor, eta: float, generator: Any,
             extra_args: dict | None = None, callback: run.Callback | None = None) -> Tensor:
         """`model` (the solver's: a denoiser, or DDIM's epsilon model) from the pipeline's unit noise: a cached
@@ -329,23 +454,55 @@ class Acceleration:
                                              **setup.solver_options)
             return self.samplers[key](x, extra_args=extra_args)
         solver = get_solver(setup.solver, **setup.solver_options)
+        if solver.stochastic and isinstance(generator, (list, tuple)):
+            raise ValueError(f"generator: a list of generators cannot seed {setup.solver}'s step noise (eta={eta}), "
+                             "which this library draws from one generator; pass one torch.Generator")
         step_generator = generator if isinstance(generator, torch.Generator) else None
         return run.sample(solver, model, x, setup.schedule.to(noise.device), extra_args, callback, True,
                           generator=step_generator, k_diffusion_rng=False)
 
 
-def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num_inference_steps: int = 50,
-                      output_type: str = "pil", return_dict: bool = True, eta: float = 0.0,
-                      use_clipped_model_output: bool | None = None) -> Any:
-    """The pipeline's own call signature and output, with the loop replaced by fd's sampler for the solver that
-    `accelerate` was given (the noise drawn as the pipeline draws it, the images post-processed as it does)."""
+def _pipeline_call(implementation: Callable[..., Any]) -> Callable[..., Any]:
+    """`implementation` as the accelerated pipeline's __call__, with the pipeline's own signature: the arguments are
+    bound to it (positions, names and defaults as the pipeline's), the ones `implementation` takes are passed by
+    name, and any other given a value other than its default is refused by name."""
+    taken = set(inspect.signature(implementation).parameters)
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        acceleration: Acceleration = self._fd_acceleration
+        acceleration.check_pipeline(self)
+        signature = inspect.signature(acceleration.original_class.__call__)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {**bound.arguments.pop("kwargs", {}), **bound.arguments}
+        arguments.pop("self")
+        refused = sorted(name for name, value in arguments.items() if name not in taken and not _is_default(
+            value, signature.parameters.get(name)))
+        if refused:
+            raise ValueError(f"an accelerated {acceleration.original_class.__name__} does not take {refused}; "
+                             "undo(pipe) to use them")
+        return implementation(self, **{name: arguments[name] for name in taken if name in arguments})
+
+    return __call__
+
+
+def _is_default(value: Any, parameter: inspect.Parameter | None) -> bool:
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return value is None
+    return value is parameter.default or (type(value) is type(parameter.default) and value == parameter.default)
+
+
+def _accelerated_call(self: Any, batch_size: int, generator: Any, num_inference_steps: int, output_type: str,
+                      return_dict: bool, eta: float = 0.0) -> Any:
+    """The pipeline's own call and output, with the loop replaced by fd's sampler for the solver that `accelerate`
+    was given (the noise drawn as the pipeline draws it, the images post-processed as it does). DDPMPipeline takes
+    no eta (0)."""
     from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
     from diffusers.utils.torch_utils import randn_tensor
 
     acceleration: Acceleration = self._fd_acceleration
     steps = check_count("num_inference_steps", num_inference_steps)
-    if use_clipped_model_output:
-        raise ValueError("use_clipped_model_output=True is not supported by an accelerated pipeline")
+    eta = check_real("eta", eta, at_least=0)
     if eta != 0 and acceleration.solver != "ddim":
         raise ValueError(f"eta={eta} is DDIM's; this pipeline samples with solver={acceleration.solver!r}")
     size = self.unet.config.sample_size
@@ -364,15 +521,12 @@ def _accelerated_call(self: Any, batch_size: int = 1, generator: Any = None, num
     return ImagePipelineOutput(images=image) if return_dict else (image,)
 
 
-def _accelerated_sd_call(self: Any, prompt: Any = None, height: int | None = None, width: int | None = None,
-                         num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt: Any = None,
-                         num_images_per_prompt: int = 1, eta: float = 0.0, generator: Any = None,
-                         latents: Tensor | None = None, prompt_embeds: Tensor | None = None,
-                         negative_prompt_embeds: Tensor | None = None, output_type: str = "pil",
-                         return_dict: bool = True, callback_on_step_end: Callable | None = None,
-                         callback_on_step_end_tensor_inputs: list[str] | None = None, clip_skip: int | None = None,
-                         guidance_rescale: float = 0.0, cross_attention_kwargs: dict | None = None,
-                         **unsupported: Any) -> Any:
+def _accelerated_sd_call(self: Any, prompt: Any, height: int | None, width: int | None, num_inference_steps: int,
+                         guidance_scale: float, negative_prompt: Any, num_images_per_prompt: int, eta: float,
+                         generator: Any, latents: Tensor | None, prompt_embeds: Tensor | None,
+                         negative_prompt_embeds: Tensor | None, output_type: str, return_dict: bool,
+                         callback_on_step_end: Callable | None, callback_on_step_end_tensor_inputs: list[str] | None,
+                         clip_skip: int | None) -> Any:
     """StableDiffusionPipeline's call with the loop replaced by fd's sampler: the prompt encoded, the latents drawn and
     the images decoded by the pipeline's own methods; classifier-free guidance as fd.CFGDenoiser (one batched U-Net
     call, as the pipeline). `callback_on_step_end` (eager) gets {"latents": ...} after each step and may not change
@@ -380,11 +534,10 @@ def _accelerated_sd_call(self: Any, prompt: Any = None, height: int | None = Non
     from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 
     acceleration: Acceleration = self._fd_acceleration
-    if unsupported := {k: v for k, v in unsupported.items() if v is not None}:
-        raise ValueError(f"an accelerated pipeline does not take {sorted(unsupported)}; undo(pipe) to use them")
-    if guidance_rescale or cross_attention_kwargs or self.unet.config.time_cond_proj_dim is not None:
-        raise ValueError("guidance_rescale, cross_attention_kwargs and guidance-embedding U-Nets (LCM) are not "
-                         "supported by an accelerated pipeline; undo(pipe) to use them")
+    if self.unet.config.time_cond_proj_dim is not None:
+        raise ValueError("guidance-embedding U-Nets (LCM) are not supported by an accelerated pipeline; undo(pipe) "
+                         "to use them")
+    eta = check_real("eta", eta, at_least=0)
     if eta != 0 and acceleration.solver != "ddim":
         raise ValueError(f"eta={eta} is DDIM's; this pipeline samples with solver={acceleration.solver!r}")
     if set(callback_on_step_end_tensor_inputs or ["latents"]) != {"latents"}:
@@ -493,8 +646,7 @@ def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, dee
         raise TypeError(f"pipe must be a diffusers {', '.join(UNET_PIPELINES + SD_PIPELINES)}, got {describe(pipe)}")
     if solver not in PIPELINE_SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(map(repr, PIPELINE_SOLVERS))}, got {solver!r}")
-    if not isinstance(cuda_graph, bool):
-        raise TypeError(f"cuda_graph must be a bool, got {describe(cuda_graph)}")
+    check_bool("cuda_graph", cuda_graph)
     if deepcache is not None and not isinstance(deepcache, fd_unet.DeepCacheConfig):
         raise TypeError(f"deepcache must be an fd.unet.DeepCacheConfig or None, got {describe(deepcache)}")
     if skip_tuning is not None and not isinstance(skip_tuning, fd_unet.SkipTuningConfig):
@@ -502,13 +654,18 @@ def accelerate(pipe: Any, solver: str = "dpmpp_2m", cuda_graph: bool = True, dee
     scheduler = scheduler_like(pipe.scheduler, PIPELINE_SOLVERS[solver])
     from_diffusers(scheduler, 1)  # refuses, by name, a configuration the solver cannot reproduce
     handles = []
-    if deepcache is not None:
-        handles.append(fd_unet.apply_deepcache(pipe.unet, deepcache))
-    if skip_tuning is not None:
-        handles.append(fd_unet.apply_skip_tuning(pipe.unet, skip_tuning))
-    acceleration = Acceleration(pipe, type(pipe), scheduler, solver, cuda_graph, handles)
+    try:  # all or nothing: a U-Net method that cannot go on takes off the ones already put on
+        if deepcache is not None:
+            handles.append(fd_unet.apply_deepcache(pipe.unet, deepcache))
+        if skip_tuning is not None:
+            handles.append(fd_unet.apply_skip_tuning(pipe.unet, skip_tuning))
+    except BaseException:
+        for handle in reversed(handles):
+            handle.disable()
+        raise
+    acceleration = Acceleration(pipe, type(pipe), scheduler, solver, pipe.unet, pipe.scheduler, cuda_graph, handles)
     call = _accelerated_sd_call if type(pipe).__name__ in SD_PIPELINES else _accelerated_call
-    pipe.__class__ = type(f"Accelerated{type(pipe).__name__}", (type(pipe),), {"__call__": call})
+    pipe.__class__ = type(f"Accelerated{type(pipe).__name__}", (type(pipe),), {"__call__": _pipeline_call(call)})
     pipe._fd_acceleration = acceleration
     return acceleration
 
@@ -521,4 +678,4 @@ def undo(pipe: Any) -> None:
     for handle in reversed(acceleration.handles):
         handle.disable()
     pipe.__class__ = acceleration.original_class
-    pipe._fd_acceleration = None
+    del pipe._fd_acceleration

@@ -8,8 +8,9 @@ layers at or below (block, layer), the mid block and the up layers deeper than t
 
 The call index comes from the sampling engine (`fd.current_model_call()`), never from a host sync; in a captured
 loop the full/shallow pattern is fixed at capture and both kinds of call are in the one graph. Without the engine's
-context (a hand-written loop that does not set `fd.model_call`) the U-Net counts its own calls from the last
-`enable` or `handle.reset()`.
+context (a hand-written loop, a diffusers pipeline's own loop) the U-Net counts its own calls from the last
+`enable` or `handle.reset()`, and starts a new run when the timestep it is given rises (the next call of a
+pipeline), so a run never reuses the features of the one before.
 """
 from __future__ import annotations
 
@@ -71,16 +72,18 @@ class DeepCacheConfig:
             check_real("blend", self.blend, at_least=0)
             if not self.blend <= 1:
                 raise ValueError(f"blend must be None or a weight in [0, 1], got {self.blend!r}")
+        if self.mode == "uniform" and (self.calls, self.center) != (None, None):
+            raise ValueError(f"calls and center space the full calls of mode='quadratic'; mode='uniform' takes "
+                             f"neither, got calls={self.calls!r}, center={self.center!r}")
         if self.mode == "quadratic":
             if self.calls is None:
                 raise ValueError("mode='quadratic' needs calls (the model calls of one run) >= 1, got None")
-            check_count("calls", self.calls)
-            center = self.calls // 2 if self.center is None else self.center
-            if isinstance(center, bool) or not isinstance(center, int) or not 0 <= center < self.calls:
-                raise ValueError(f"center must be an int in [0, {self.calls}), got {center!r}")
-            full = -(-self.calls // self.interval)
-            spacing = tuple(range(self.calls)) if full >= self.calls else tuple(
-                quadratic_full_calls(self.calls, full, center))
+            calls = check_count("calls", self.calls)
+            center = calls // 2 if self.center is None else check_count("center", self.center, minimum=0)
+            if center >= calls:
+                raise ValueError(f"center must be an integer in [0, {calls}) (a call of the run), got {center!r}")
+            full = -(-calls // self.interval)
+            spacing = tuple(range(calls)) if full >= calls else tuple(quadratic_full_calls(calls, full, center))
             object.__setattr__(self, "full_calls", spacing)
 
     def is_full(self, index: int) -> bool:
@@ -105,6 +108,7 @@ class DeepCacheState:
     def reset(self) -> None:
         self.run: Any = None
         self.own_calls = 0  # without the engine's context: this U-Net's own count since the last reset
+        self.last_timestep: float | None = None  # ... and the timestep of its last call (a rise starts a new run)
         self.last_call: Any = None
         self.slot = 0
         self.full = True
@@ -117,10 +121,15 @@ class DeepCacheState:
             self.blend = self.blend.to(device)
         return self.blend
 
-    def begin(self, sample: Tensor) -> None:
+    def begin(self, sample: Tensor, timestep: Any) -> None:
         """Decides this forward: the call index from the engine's context (or the own count), full or shallow."""
         call = current_model_call()
         if call is None:
+            if timestep is not None:
+                value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: outside the engine only
+                if self.last_timestep is not None and value > self.last_timestep:
+                    self.reset()  # the timestep went back up: a new run of the caller's loop
+                self.last_timestep = value
             index, slot = self.own_calls, 0
             self.own_calls += 1
         else:
@@ -176,7 +185,8 @@ class DeepCacheUNetHook(ModelHook):
         return ("deepcache", c.interval, c.branch, c.mode, c.blend is None, c.full_calls, self.cache_point)
 
     def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any):
-        self.state.begin(args[0] if args else kwargs["sample"])
+        # diffusers U-Nets take (sample, timestep, ...)
+        self.state.begin(args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs.get("timestep"))
         return args, kwargs
 
     def reset_state(self, module: nn.Module) -> nn.Module:
@@ -185,22 +195,31 @@ class DeepCacheUNetHook(ModelHook):
 
 
 class DeepCacheHandle:
-    """Returned by `enable_deepcache`: `disable()` restores the U-Net; `reset()` restarts the own call count of a
+    """Returned by `enable_deepcache`: `disable()` restores the U-Net (once; a handle whose DeepCache was already
+    disabled, or replaced by a later enable, changes nothing); `reset()` restarts the own call count of a
     hand-written loop without the engine's context."""
 
     def __init__(self, unet: nn.Module, state: DeepCacheState, cached: list[nn.Module]):
         self.unet, self.state, self.cached = unet, state, cached
         self.config = state.config
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this handle's DeepCache is the one on the U-Net now."""
+        hook = hook_of(self.unet, DeepCacheUNetHook.NAME)
+        return hook is not None and hook.state is self.state
+
     def reset(self) -> None:
         self.state.reset()
 
     def disable(self) -> None:
+        if not self.enabled:
+            return
         for module in self.cached:
             remove(module, CachedOutputHook.NAME)
         for block in self.unet.up_blocks:
             hook = hook_of(block, UpBlockHook.NAME)
-            if hook is not None:
+            if hook is not None and hook.deepcache is self.state:
                 hook.deepcache, hook.role, hook.start = None, None, 0
         release_up_block_hooks(self.unet)
         remove(self.unet, DeepCacheUNetHook.NAME)

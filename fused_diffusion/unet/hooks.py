@@ -135,9 +135,14 @@ class CachedOutputHook(ModelHook):
 
 
 def check_unet(unet: Any, feature: str) -> None:
+    if isinstance(unet, nn.Module) and isinstance(unet._modules.get("_orig_mod"), nn.Module):  # torch.compile's wrapper
+        raise TypeError(f"{feature} goes on the U-Net itself, before torch.compile (a compiled module does not see "
+                        f"hooks added after it was traced): enable it on unet._orig_mod, then compile")
     if not isinstance(unet, nn.Module) or not all(hasattr(unet, a) for a in ("down_blocks", "up_blocks", "mid_block")):
         raise TypeError(f"{feature} needs a diffusers UNet2DModel or UNet2DConditionModel (down_blocks, mid_block, "
                         f"up_blocks), got {type(unet).__name__}")
+    if not len(unet.up_blocks):
+        raise TypeError(f"{feature} needs a U-Net with at least one up block, got {type(unet).__name__} with none")
     for i, block in enumerate(unet.up_blocks):
         up_block_kind(block, f"up_blocks[{i}]")
 

@@ -103,7 +103,11 @@ def apply_skip_tuning(unet: nn.Module, config: SkipTuningConfig) -> SkipTuningHa
         raise TypeError(f"config must be a SkipTuningConfig, got {type(config).__name__}")
     if any(getattr(hook_of(b, UpBlockHook.NAME), "skip_tuning", None) is not None for b in unet.up_blocks):
         raise RuntimeError("Skip-Tuning is already enabled on this U-Net; disable() its handle first")
-    skip_tuning = SkipTuning(sum(skip_counts(unet)), config.rho_bottom, config.rho_top)
+    count = sum(skip_counts(unet))
+    if not count:
+        raise TypeError(f"Skip-Tuning scales skip connections, and the up path of this {type(unet).__name__} "
+                        "concatenates none")
+    skip_tuning = SkipTuning(count, config.rho_bottom, config.rho_top)
     for hook in up_block_hooks(unet):
         hook.skip_tuning = skip_tuning
     return SkipTuningHandle(unet, skip_tuning)
