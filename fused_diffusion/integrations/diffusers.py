@@ -339,8 +339,13 @@ class FusedScheduler:
         self._model_output = None
         return SchedulerOutput(prev) if return_dict else (prev,)
 
+    # step's option defaults: what pipelines pass, so the common case costs one tuple comparison per step
+    STEP_DEFAULTS = (0.0, False, None, 0.0, 0.0, float("inf"), 1.0)
+
     def _check_step_options(self, eta: Any, use_clipped_model_output: Any, variance_noise: Any, s_churn: Any,
                             s_tmin: Any, s_tmax: Any, s_noise: Any) -> None:
+        if (eta, use_clipped_model_output, variance_noise, s_churn, s_tmin, s_tmax, s_noise) == self.STEP_DEFAULTS:
+            return
         scheduler = self.SOLVERS[self.solver]
         check_real("eta", eta, at_least=0)
         if eta != 0 and self.solver != "ddim":
