@@ -24,6 +24,7 @@ from .schedules import check_count, get_flow_times, validate_sigmas
 from .shortcut import check_step_model
 from .solvers.dpm_solver import sample_dpm_adaptive, sigma_range
 from .solvers.run import Callback, NoiseSampler
+from .solvers.unipc import UniPC
 
 Model = Callable[..., Any]
 
@@ -190,6 +191,18 @@ def sample_ipndm(model: Model, x: Tensor, sigmas: Tensor, max_order: int = 4, af
     calls per step, as `ipndm_sampler` in zju-pi/diff-sampler. A schedule may end at 0 (the last step is the plain
     multistep step to 0) or above 0. See solvers/ipndm.py."""
     solver = solvers.IPNDM(max_order, afs, predictor, scale_dir, scale_time)
+    return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_unipc(model: Model, x: Tensor, sigmas: Tensor, order: int = 2, variant: str = "bh2", corrector: bool = True,
+                 disable_corrector: tuple[int, ...] = (), lower_order_final: bool = True, extra_args: dict | None = None,
+                 callback: Callback | None = None, disable: bool | None = None) -> Tensor:
+    """UniPC (Zhao et al. 2023) with data prediction: the predictor UniP-`order` (1..3) and the corrector UniC,
+    B(h) `variant` "bh1" or "bh2", as diffusers' UniPCMultistepScheduler (predict_x0=True) on the same sigmas; one
+    model call per step. `disable_corrector` lists the steps whose predicted point is left uncorrected (diffusers'
+    meaning), `corrector=False` all of them. A schedule ending at 0 returns the last denoised estimate. See
+    solvers/unipc.py."""
+    solver = UniPC(order, variant, corrector, disable_corrector, lower_order_final)
     return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable)
 
 
