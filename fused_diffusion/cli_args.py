@@ -75,6 +75,14 @@ def folder(text: str) -> Path:
     return path
 
 
+def existing_folder(text: str) -> Path:
+    """A folder that exists (to read from)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return path
+
+
 def file_path(text: str) -> Path:
     """A file to write: not a folder, and its folder exists or can be made."""
     if not text:

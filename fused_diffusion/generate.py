@@ -95,12 +95,31 @@ SOLVERS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommand's options; each bad value is argparse's one-line error naming it (cli_args)."""
+    from fused_diffusion.integrations.diffusers import FusedScheduler
+
     parser.add_argument("--model", choices=MODELS, default="digits", help="the shipped model to sample")
-    parser.add_argument("--num", "-n", type=cli_args.count(), required=True,
-                        help="how many samples in all (under torchrun: -n, or `--` before `generate`: torchrun "
-                             "refuses --num as an ambiguous prefix of its --numa-binding)")
-    parser.add_argument("--solver", choices=sorted(SOLVERS), default="dpmpp_2m")
-    parser.add_argument("--calls", type=cli_args.count(), default=10, help="model calls per sample")
+    parser.add_argument("--num", "-n", type=cli_args.count(), default=None,
+                        help="how many samples in all (--model; under torchrun: -n, or `--` before `generate`: "
+                             "torchrun refuses --num as an ambiguous prefix of its --numa-binding)")
+    parser.add_argument("--solver", choices=sorted({*SOLVERS, *FusedScheduler.SOLVERS}), default=None,
+                        help="--model: an fd.Sampler solver (default dpmpp_2m); --pipeline: the diffusers scheduler "
+                             "a solver reproduces (default: the pipeline's own scheduler)")
+    parser.add_argument("--calls", type=cli_args.count(), default=10, help="--model: model calls per sample")
+    pipeline = parser.add_argument_group("a local diffusers pipeline folder (instead of --model)")
+    pipeline.add_argument("--pipeline", type=cli_args.existing_folder, default=None,
+                          help="a folder written by a pipeline's save_pretrained (loaded offline)")
+    pipeline.add_argument("--prompts", type=Path, default=None, help="a text file, one prompt per line")
+    pipeline.add_argument("--negative-prompt", default=None)
+    pipeline.add_argument("--images-per-prompt", type=cli_args.count(), default=1)
+    pipeline.add_argument("--steps", type=cli_args.count(), default=20, help="inference steps")
+    pipeline.add_argument("--guidance", type=cli_args.real(above=0), default=None,
+                          help="guidance scale (default: the pipeline's)")
+    pipeline.add_argument("--height", type=cli_args.count(), default=None)
+    pipeline.add_argument("--width", type=cli_args.count(), default=None)
+    pipeline.add_argument("--deepcache-interval", type=cli_args.count(), default=None,
+                          help="DeepCache on the U-Net: a full call every N calls")
+    pipeline.add_argument("--skip-tuning", type=cli_args.real(above=0), default=None,
+                          help="Skip-Tuning on the U-Net: rho at the deepest skip")
     parser.add_argument("--out", type=cli_args.folder, required=True,
                         help="folder for the manifest, shards, pictures and metrics")
     parser.add_argument("--batch", type=cli_args.count(), default=500, help="samples per sampler call")
@@ -121,8 +140,26 @@ def usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def check_arguments(args: argparse.Namespace) -> int:
-    """The number of steps for --calls, after the checks argparse cannot make alone (they involve two arguments)."""
+PIPELINE_ONLY = ("prompts", "negative_prompt", "deepcache_interval", "skip_tuning", "height", "width", "guidance")
+
+
+def check_arguments(args: argparse.Namespace) -> int | None:
+    """The number of steps for --calls (None for --pipeline), after the checks argparse cannot make alone (they
+    involve two arguments)."""
+    if args.pipeline is not None:
+        if args.prompts is None:
+            usage_error("argument --prompts: --pipeline needs a prompts file (one prompt per line)")
+        if args.num is not None or args.metrics or args.png:
+            usage_error("argument --pipeline: --num, --metrics and --png belong to --model (the images of a pipeline "
+                        "run are one per prompt and image, each a PNG)")
+        return None
+    if given := [name for name in PIPELINE_ONLY if getattr(args, name) is not None]:
+        usage_error(f"argument --{given[0].replace('_', '-')}: belongs to --pipeline")
+    if args.num is None:
+        usage_error("argument --num/-n: required with --model (how many samples in all)")
+    args.solver = args.solver or "dpmpp_2m"
+    if args.solver not in SOLVERS:
+        usage_error(f"argument --solver: --model samples with one of {', '.join(sorted(SOLVERS))}, got {args.solver!r}")
     spec = SOLVERS[args.solver]
     steps = spec.steps_for(args.calls)
     if steps is None:
@@ -299,7 +336,12 @@ def main(args: argparse.Namespace) -> None:
     if threads:
         torch.set_num_threads(threads)
     try:
-        generate(args, steps, device, rank, world)
+        if args.pipeline is not None:
+            from fused_diffusion.generate_pipeline import generate_pipeline
+
+            generate_pipeline(args, device, rank, world)
+        else:
+            generate(args, steps, device, rank, world)
     finally:
         if world > 1:
             dist.destroy_process_group()

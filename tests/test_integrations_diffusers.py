@@ -19,13 +19,96 @@ def eps_model(x, t):
     return torch.tanh(x @ W.to(x)) * (1 + t / 1000) + 0.1 * x * torch.sin(t / 100)
 
 
-def diffusers_loop(scheduler, steps, noise, **step_options):
-    """The pipelines' loop: scale the noise, then scale_model_input / model / step per timestep."""
-    scheduler.set_timesteps(steps)
-    x = noise * scheduler.init_noise_sigma
+def diffusers_loop(scheduler, steps, noise, set_options=None, seed=None, **step_options):
+    """The pipelines' loop: scale the noise, then scale_model_input / model / step per timestep (a seeded generator
+    for the stochastic schedulers' draws)."""
+    import inspect
+
+    scheduler.set_timesteps(steps, **(set_options or {}))
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts from the noise itself
+    if seed is not None and "generator" in inspect.signature(scheduler.step).parameters:
+        step_options["generator"] = torch.Generator().manual_seed(seed)
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)  # flow matching scales nothing
     for t in scheduler.timesteps:
-        x = scheduler.step(eps_model(scheduler.scale_model_input(x, t), t), t, x, **step_options).prev_sample
+        x = scheduler.step(eps_model(scale(x, t), t), t, x, **step_options).prev_sample
     return x
+
+
+FLOW_MU = {"mu": 0.8}  # a Flux-like resolution shift
+# (scheduler, config, set_timesteps options, step options); stochastic ones get a seeded generator
+NEW_CONFIGS = [
+    (diffusers.EulerAncestralDiscreteScheduler, {}, {}, {}),
+    (diffusers.EulerDiscreteScheduler, dict(prediction_type="v_prediction"), {}, {}),
+    (diffusers.HeunDiscreteScheduler, dict(prediction_type="v_prediction"), {}, {}),
+    (diffusers.UniPCMultistepScheduler, {}, {}, {}),
+    (diffusers.UniPCMultistepScheduler, dict(solver_order=3), {}, {}),  # bh1: NaN in diffusers 0.42 itself
+    (diffusers.UniPCMultistepScheduler, dict(use_karras_sigmas=True, disable_corrector=[0]), {}, {}),
+    (diffusers.LCMScheduler, {}, {}, {}),
+    (diffusers.LCMScheduler, dict(timestep_scaling=5.0), dict(original_inference_steps=30), {}),
+    (diffusers.TCDScheduler, {}, {}, dict(eta=0.3)),
+    (diffusers.TCDScheduler, {}, {}, dict(eta=0.0)),
+    (diffusers.FlowMatchEulerDiscreteScheduler, {}, {}, {}),
+    (diffusers.FlowMatchEulerDiscreteScheduler, dict(shift=3.0), {}, {}),
+    (diffusers.FlowMatchEulerDiscreteScheduler, dict(use_dynamic_shifting=True), FLOW_MU, {}),
+    (diffusers.FlowMatchEulerDiscreteScheduler, dict(use_karras_sigmas=True, shift=3.0), {}, {}),
+    (diffusers.FlowMatchEulerDiscreteScheduler, dict(shift_terminal=0.1, shift=2.0), {}, {}),
+]
+
+
+def test_a_schedule_the_scheduler_makes_nan_is_refused():
+    """shift_terminal stretches a 1-step schedule by 0/0 in diffusers: refused naming the sigmas, not sampled."""
+    with pytest.raises(ValueError, match=r"flow sigmas must decrease strictly within \[0, 1\], got \[nan, 0.0\]"):
+        fd.from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(shift_terminal=0.1), 1)
+
+
+def new_config_id(value):
+    return value.__name__ if isinstance(value, type) else str(value)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 13])
+@pytest.mark.parametrize("cls,config,set_options,step_options", NEW_CONFIGS, ids=new_config_id)
+def test_every_scheduler_equals_its_own_loop(cls, config, set_options, step_options, steps):
+    """fp32, 1e-5: the schedulers of today's pipelines, stochastic ones with the same generator draws."""
+    if "shift_terminal" in config and steps == 1:
+        pytest.skip("diffusers' own 1-step schedule is NaN here (test_a_schedule_the_scheduler_makes_nan_is_refused)")
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    expected = diffusers_loop(cls(**config), steps, noise, set_options, seed=3, **step_options)
+    setup = fd.from_diffusers(cls(**config), steps, **set_options, **step_options)
+    got = setup.sample(eps_model, noise, generator=torch.Generator().manual_seed(3), disable=True)
+    got = got / setup.latent_scale(len(setup.schedule) - 1)  # the scheduler's sample (1 but for VP schedulers)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("steps", [1, 4, 13])
+@pytest.mark.parametrize("cls,config,set_options,step_options", NEW_CONFIGS, ids=new_config_id)
+def test_fused_scheduler_equals_every_scheduler(cls, config, set_options, step_options, steps):
+    if "shift_terminal" in config and steps == 1:
+        pytest.skip("diffusers' own 1-step schedule is NaN here (test_a_schedule_the_scheduler_makes_nan_is_refused)")
+    noise = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    expected = diffusers_loop(cls(**config), steps, noise, set_options, seed=3, **step_options)
+    fused = fd.integrations.FusedScheduler(cls(**config))
+    got = diffusers_loop(fused, steps, noise, set_options, seed=3, **step_options)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("cls,config", [(diffusers.HeunDiscreteScheduler, {}), (diffusers.DDIMScheduler, {}),
+                                        (diffusers.EulerDiscreteScheduler, {}),
+                                        (diffusers.FlowMatchEulerDiscreteScheduler, {})], ids=new_config_id)
+def test_fused_scheduler_gives_the_steps_pred_original_sample(cls, config):
+    reference, fused = cls(**config), fd.integrations.FusedScheduler(cls(**config))
+    for scheduler in (reference, fused):
+        scheduler.set_timesteps(5)
+    x_ref = x_fused = torch.randn(2, 16, generator=torch.Generator().manual_seed(1)) * fused.init_noise_sigma
+    scale = getattr(reference, "scale_model_input", lambda x, t: x)
+    for t in reference.timesteps:
+        out_ref = reference.step(eps_model(scale(x_ref, t), t), t, x_ref)
+        out_fused = fused.step(eps_model(fused.scale_model_input(x_fused, t), t), t, x_fused)
+        if getattr(out_ref, "pred_original_sample", None) is not None:
+            torch.testing.assert_close(out_fused.pred_original_sample, out_ref.pred_original_sample, rtol=1e-5,
+                                       atol=1e-5)
+        x_ref, x_fused = out_ref.prev_sample, out_fused.prev_sample
+        torch.testing.assert_close(x_fused, x_ref, rtol=1e-5, atol=1e-5)
+        assert x_fused is out_fused[0] and len(tuple(out_fused)) == 2
 
 
 CONFIGS = [
@@ -140,7 +223,7 @@ def test_img2img_start_for_any_sampler(sampler):
     noise = torch.randn(3, 16, generator=torch.Generator().manual_seed(5))
     x, tail = fd.img2img(image, noise, setup.schedule, 0.6)
     assert len(tail) == 7 and torch.equal(tail, setup.schedule[4:])
-    got = sampler(setup.denoiser(eps_model), x, tail, disable=True)
+    got = sampler(setup.model(eps_model), x, tail, disable=True)
     if sampler is fd.sample_lms:
         assert got.shape == image.shape and torch.isfinite(got).all()
         return
@@ -185,7 +268,7 @@ def test_sample_ddim_defaults_are_ddimschedulers():
 
 @pytest.mark.parametrize("scheduler,options,error,match", [
     (diffusers.DDIMScheduler(prediction_type="v_prediction"), {}, ValueError,
-     r"DDIMScheduler with prediction_type='v_prediction' is not supported; from_diffusers reproduces "
+     r"DDIMScheduler with prediction_type='v_prediction' is not supported; fused_diffusion reproduces "
      r"prediction_type='epsilon'"),
     (diffusers.DPMSolverMultistepScheduler(solver_order=3), {}, ValueError, r"solver_order=3 is not supported"),
     (diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), {}, ValueError,
@@ -193,7 +276,7 @@ def test_sample_ddim_defaults_are_ddimschedulers():
     (diffusers.PNDMScheduler(), {}, TypeError, r"scheduler must be one of diffusers' DDIMScheduler, .* got .*PNDM"),
     ("ddim", {}, TypeError, r"scheduler must be one of"),
     (diffusers.EulerDiscreteScheduler(), dict(eta=0.5), TypeError,
-     r"step options \['eta'\] are not taken for EulerDiscreteScheduler; it takes none"),
+     r"options \['eta'\] are not taken for EulerDiscreteScheduler; it takes none"),
     (diffusers.DDIMScheduler(), dict(eta=-1.0), ValueError, r"eta must be >= 0"),
 ])
 def test_what_cannot_be_reproduced_is_refused_by_name(scheduler, options, error, match):
@@ -305,11 +388,11 @@ def test_fused_scheduler_misuse_is_named():
     scheduler.step(torch.zeros(1, 16), 500, torch.zeros(1, 16), eta=0.0)
     with pytest.raises(ValueError, match=r"eta changed within a run \(0.0 at the first step, 0.5 now\)"):
         scheduler.step(torch.zeros(1, 16), 0, torch.zeros(1, 16), eta=0.5)
-    with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'dpmpp_2m', got 'heun'"):
-        fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="heun")
-    with pytest.raises(ValueError, match="prediction_type='v_prediction' is not supported"):
+    with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', .*'flow_euler', got 'lms'"):
+        fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="lms")
+    with pytest.raises(ValueError, match="prediction_type='sample' is not supported"):
         fd.integrations.FusedScheduler.from_config(diffusers.DDIMScheduler().config, solver="euler",
-                                                   prediction_type="v_prediction")
+                                                   prediction_type="sample")
 
 
 @pytest.mark.gpu
@@ -371,7 +454,7 @@ def test_accelerated_sigma_solvers_equal_their_schedulers_loop(digits_unet, solv
     pipe = diffusers.DDPMPipeline(digits_unet, diffusers.DDPMScheduler())
     fd.integrations.accelerate(pipe, solver=solver)
     got = pipeline_images(pipe, steps=8)
-    scheduler = getattr(diffusers, fd.integrations.diffusers.PIPELINE_SOLVERS[solver]).from_config(
+    scheduler = getattr(diffusers, fd.integrations.FusedScheduler.SOLVERS[solver]).from_config(
         diffusers.DDPMScheduler().config)
     noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     scheduler.set_timesteps(8)
@@ -406,9 +489,9 @@ def test_accelerate_puts_deepcache_and_skip_tuning_on_the_unet_and_undo_removes_
 def test_accelerate_misuse_is_named(digits_unet):
     pipe = diffusers.DDIMPipeline(digits_unet, diffusers.DDIMScheduler())
     with pytest.raises(TypeError, match=r"pipe must be a diffusers DDPMPipeline, DDIMPipeline, StableDiffusionPipeline, "
-                                        r"got .*str"):
+                                        r".*FluxPipeline, got .*str"):
         fd.integrations.accelerate("pipe")
-    with pytest.raises(ValueError, match="solver must be one of 'ddim', 'euler', 'heun', 'dpmpp_2m', got 'lms'"):
+    with pytest.raises(ValueError, match=r"solver must be None \(the pipeline's scheduler\) or one of 'ddim', 'euler', .*, got 'lms'"):
         fd.integrations.accelerate(pipe, solver="lms")
     with pytest.raises(TypeError, match="deepcache must be an fd.unet.DeepCacheConfig or None, got .*dict"):
         fd.integrations.accelerate(pipe, deepcache={"interval": 2})

@@ -57,7 +57,7 @@ class CapturedLoop:
 
 def new_trajectory(x: Tensor, run: Run) -> Tensor:
     """[steps + 1, *x.shape], row 0 the input."""
-    trajectory = x.new_empty((run.n_steps + 1, *x.shape))
+    trajectory = x.new_empty((run.plan.steps + 1, *x.shape))
     trajectory[0].copy_(x)
     return trajectory
 

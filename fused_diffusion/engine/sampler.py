@@ -43,6 +43,8 @@ class Sampler:
         graphs. generator: a torch.Generator on the noise's device for the solver's noise (default: the global RNG).
         check_finite: read one flag per model call after each run (one small device-to-host copy) and raise naming
         the step that returned NaN/inf. keep_trajectory: also return x after every step, [steps + 1, *x.shape].
+        stop: run only the schedule's first `stop` steps, each with the whole schedule's coefficients (a hand-off
+        mid-schedule, as SDXL's denoising_end).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Sampler:
         generator: torch.Generator | None = None,
         check_finite: bool = True,
         keep_trajectory: bool = False,
+        stop: int | None = None,
         **solver_options: Any,
     ):
         if sigmas is None:
@@ -66,7 +69,7 @@ class Sampler:
             raise ValueError(f"max_graphs must be an integer >= 1, got {max_graphs!r}")
         self.model = model
         self.solver = get_solver(solver, **solver_options)
-        self.plan = Plan(self.solver, sigmas)
+        self.plan = Plan(self.solver, sigmas, stop)
         self.extra_args = dict(extra_args or {})
         self.cuda_graph = cuda_graph
         self.generator = generator

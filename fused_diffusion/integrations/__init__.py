@@ -1,6 +1,6 @@
-"""Integrations with other libraries' APIs: `fd.integrations.diffusers` (diffusers schedulers read exactly, and a
-diffusers-API scheduler over the fused solvers)."""
+"""Integrations with other libraries' APIs: `fd.integrations.diffusers` (diffusers schedulers read exactly, a
+diffusers-API scheduler over the fused solvers, pipelines sampled through this library)."""
 from . import diffusers
-from .diffusers import DiffusersSchedule, FusedScheduler, accelerate, from_diffusers, undo
+from .diffusers import FusedScheduler, Setup, accelerate, from_diffusers, undo
 
-__all__ = ["DiffusersSchedule", "FusedScheduler", "accelerate", "diffusers", "from_diffusers", "undo"]
+__all__ = ["FusedScheduler", "Setup", "accelerate", "diffusers", "from_diffusers", "undo"]

@@ -10,16 +10,19 @@ from .dpm2 import DPM2, DPM2Ancestral
 from .dpm_solver import DPMFast, sample_dpm_adaptive
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp2SAncestral, DPMpp3MSDE, DPMppSDE
 from .euler import Euler, EulerAncestral
+from .flow import FlowEuler
 from .heun import Heun
 from .ipndm import IPNDM
+from .lcm import LCM, TCD
 from .lms import LMS
 from .run import Run, check_input, run_steps, sample
 from .shortcut import Shortcut
+from .unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {
     cls.name: cls
     for cls in (Euler, EulerAncestral, Heun, DPM2, DPM2Ancestral, LMS, DPMFast, DPMpp2SAncestral, DPMppSDE, DPMpp2M,
-                DPMpp2MSDE, DPMpp3MSDE, AMED, IPNDM, DDIM, Shortcut, Consistency)
+                DPMpp2MSDE, DPMpp3MSDE, AMED, IPNDM, DDIM, Shortcut, Consistency, FlowEuler, LCM, TCD, UniPC)
 }
 EAGER_ONLY = {
     "dpm_adaptive": "dpm_adaptive accepts or rejects each step from an error read on the host, so it cannot be "
@@ -54,6 +57,6 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
 
 
 __all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPM2Ancestral", "DPMFast", "DPMpp2M", "DPMpp2MSDE",
-           "DPMpp2SAncestral", "DPMpp3MSDE", "DPMppSDE", "DeviceTables", "EAGER_ONLY", "Euler", "EulerAncestral", "Heun",
-           "IPNDM", "LMS", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps",
+           "DPMpp2SAncestral", "DPMpp3MSDE", "DPMppSDE", "DeviceTables", "EAGER_ONLY", "Euler", "EulerAncestral",
+           "FlowEuler", "Heun", "IPNDM", "LCM", "LMS", "TCD", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps",
            "get_solver", "run_steps", "sample", "sample_dpm_adaptive"]

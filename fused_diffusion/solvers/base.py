@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor, nn
 
-from ..schedules import check_real, validate_sigmas
+from ..schedules import check_count, check_real, validate_sigmas
 
 if TYPE_CHECKING:
     from .run import Run
@@ -123,10 +123,11 @@ class Plan:
     device copies per (device, float dtype, table layout). `set_schedule` swaps in a new schedule; device copies are
     rewritten in place when next asked for, so a captured graph that reads them replays the new schedule."""
 
-    def __init__(self, solver: Solver, schedule: Tensor):
+    def __init__(self, solver: Solver, schedule: Tensor, stop: int | None = None):
         self.solver = solver
         self._device: dict[tuple, tuple[DeviceTables, int]] = {}
         self.version = 0
+        self.stop_at = stop
         self.set_schedule(schedule)
 
     def set_schedule(self, schedule: Tensor) -> None:
@@ -137,9 +138,14 @@ class Plan:
         self.noise_sigmas = self.solver.noise_sigmas(schedule.detach())
         self.schedule = schedule
         self.n_steps = self.solver.num_steps(schedule)
+        # a run may stop after its first steps (a hand-off mid-schedule, SDXL's denoising_end): every step keeps the
+        # coefficients of the whole schedule's, the loop just ends early
+        if self.stop_at is not None and not 1 <= check_count("stop", self.stop_at) <= self.n_steps:
+            raise ValueError(f"stop must be in [1, {self.n_steps}] (the schedule's steps), got {self.stop_at}")
+        self.steps = self.n_steps if self.stop_at is None else self.stop_at
         # a final 0 makes the last step a denoise (k-diffusion's rule); it changes the step structure, not just values
         self.ends_at_zero = self.solver.ends_at_zero(schedule)
-        self.structure = (self.ends_at_zero, self.solver.structure(host))
+        self.structure = (self.ends_at_zero, self.steps, self.solver.structure(host))
         self.version += 1
 
     def tables(self, device: torch.device, float_dtype: torch.dtype = torch.float32) -> DeviceTables:

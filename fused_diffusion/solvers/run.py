@@ -129,6 +129,13 @@ class Run:
         self._watch_finite(out, ("model", i, label))
         return out
 
+    def replay_step(self, i: int) -> None:
+        """Forgets step i's model calls, so the step can run again from its start with the same outputs (a caller
+        that feeds a multi-call step one call at a time, as diffusers' Heun scheduler is stepped)."""
+        while self.calls and self.calls[-1][0] == i:
+            self.calls.pop()
+        self._step_outputs.clear()
+
     def _check_not_reused(self, out: Tensor, i: int, label: str) -> None:
         """Refuses an output in the memory of an earlier one the solver may still read (the solver's history, or
         this step's earlier calls): a model that writes every result into one buffer has overwritten it during this
@@ -289,11 +296,13 @@ def sample(
     generator: torch.Generator | None = None,
     check_finite: bool = True,
     k_diffusion_rng: bool = True,
+    stop: int | None = None,
 ) -> Tensor:
     """Runs `solver` eagerly over the schedule: the loop every sample_* function shares. k_diffusion_rng: also make
-    the draws k-diffusion 0.1.1 makes and discards, so seeded multi-batch scripts reproduce it image for image."""
+    the draws k-diffusion 0.1.1 makes and discards, so seeded multi-batch scripts reproduce it image for image.
+    stop: run only the first `stop` steps (Plan)."""
     check_input(x)
-    run = Run(Plan(solver, schedule), model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
+    run = Run(Plan(solver, schedule, stop), model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
               generator=generator, check_finite=check_finite, k_diffusion_rng=k_diffusion_rng)
     x = run_steps(run, x, disable)
     run.raise_if_not_finite(run.finite_flags())
@@ -303,7 +312,7 @@ def sample(
 def run_steps(run: Run, x: Tensor, disable: bool | None = True, trajectory: Tensor | None = None) -> Tensor:
     """The loop itself, shared by eager sampling and graph capture; `trajectory[i + 1]` receives x after step i."""
     run.watch_inputs(x)
-    for i in trange(run.n_steps, disable=disable):
+    for i in trange(run.plan.steps, disable=disable):
         x = run.solver.step(run, i, x)
         if trajectory is not None:
             trajectory[i + 1].copy_(x)
