@@ -68,6 +68,8 @@ def train(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out is not None:  # made now, not after the training (cli_args.file_path checked that it can be)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.model == "digits-classifier":
         model, acc = classifier.train_classifier(seed=args.seed)
         path = args.out or classifier.CLASSIFIER_WEIGHTS
@@ -91,7 +93,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     from fused_diffusion import demo, generate
 
-    demo.add_arguments(sub.add_parser("demo", help="sample the shipped digits model with every ODE solver"))
+    demo_parser = sub.add_parser("demo", help="sample the shipped digits model with every ODE solver")
+    demo.add_arguments(demo_parser)
     generate.add_arguments(sub.add_parser("generate", help="many samples of the digits model as resumable shards, "
                                           "on one process or under torchrun"))
     t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
@@ -118,6 +121,7 @@ def main() -> None:
     elif problem is not None:
         parser.exit(2, f"{parser.prog}: error: {problem}\n")
     elif args.command == "demo":
+        demo.check_mode_options(demo_parser, args)
         demo.main(args)
     elif args.command == "generate":
         generate.main(args)

@@ -239,7 +239,8 @@ def estimate_gamma(eps_model: Callable[..., Any], alphas_cumprod: Tensor, data: 
 
     Once per model and schedule: the result is cached in memory, keyed by the model object, a digest of the
     contents of its parameters and buffers (so every weight edit counts, in place, through `.data` or by replacing
-    a tensor; one pass over the weights per call), alphas_cumprod's values, the timesteps, the sample count and a
+    a tensor; one pass over the weights per call), its structure as fd.Sampler sees it (hooks such as DeepCache or
+    Skip-Tuning, patched forwards) and its train / eval flags, alphas_cumprod's values, the timesteps, the sample count and a
     digest of the data's contents. A second call with the same key returns the cached object without calling the
     model, whatever its generator or batch_size. A model that is a plain function around a module cannot be
     watched for weight edits: pass the module (or its bound method), or `cache=False`.
@@ -327,7 +328,12 @@ def _cache_key(eps_model: Callable[..., Any], ac: Tensor, t: Tensor, samples: in
     method = inspect.ismethod(eps_model)
     owner = eps_model.__self__ if method else eps_model
     identity = (id(owner), id(eps_model.__func__)) if method else id(eps_model)
-    weights = _digest([*owner.parameters(), *owner.buffers()]) if isinstance(owner, nn.Module) else None
+    weights = None
+    if isinstance(owner, nn.Module):  # the weights' contents, and what else changes the outputs: hooks, train / eval
+        from .engine.watch import LoopWatch
+
+        weights = (_digest([*owner.parameters(), *owner.buffers()]), LoopWatch(owner).structure,
+                   tuple(m.training for m in owner.modules()))
     key = (identity, weights, ac.numpy().tobytes(), t.numpy().tobytes(), samples, _digest([data]), data.device)
     try:
         model_ref = weakref.WeakMethod(eps_model) if method else weakref.ref(eps_model)

@@ -232,9 +232,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gmm.add_argument("--sigma-max", type=cli_args.real(above=0), default=80.0)
 
 
-def main(args: argparse.Namespace) -> None:
+# each mode's options: one of the other mode given another value is refused by name, not ignored
+MODE_OPTIONS = {True: ("steps", "dim", "components", "batch", "sigma_min", "sigma_max"),
+                False: ("calls", "samples", "reference_samples", "reference_calls", "seed", "out")}
+
+
+def check_mode_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    defaults = parser.parse_args([])  # converted by the options' types, as the given values are
+    for name in MODE_OPTIONS[not args.gmm]:
+        if getattr(args, name) != getattr(defaults, name):
+            parser.error(f"argument --{name.replace('_', '-')}: belongs to the "
+                         f"{'digits demo (without --gmm)' if args.gmm else 'Gaussian mixture demo (--gmm)'}")
     if args.gmm and args.sigma_min >= args.sigma_max:
-        raise SystemExit(f"error: --sigma-min must be below --sigma-max, got {args.sigma_min} and {args.sigma_max}")
+        parser.error(f"argument --sigma-min: must be below --sigma-max, got {args.sigma_min} and {args.sigma_max}")
+
+
+def main(args: argparse.Namespace) -> None:
     if args.gmm:
         gmm_demo(args)
     else:

@@ -52,9 +52,12 @@ def _as_images(images: Tensor, name: str = "images") -> Tensor:
     if not images.is_floating_point() or not torch.isfinite(images).all():
         raise ValueError(f"{name} must be finite floating-point values in [-1, 1]")
     # values outside [-1, 1] are clamped as displayed (a diverged sampler must still score, badly); but digits have
-    # a black (-1) background, so a batch without one negative value is [0, 1] or [0, 255] pixels, not a sample
+    # a black (-1) background, so a batch with no value below -0.25 is [0, 1] or [0, 255] pixels (an unclamped
+    # sampler's few slightly negative values included), and one reaching far above 1 whose darkest tenth is no
+    # background is [0, 255] pixels
     low, high = (float(v) for v in torch.aminmax(images))  # sync-ok: a metric reads its input once
-    if low >= 0:
+    darkest_tenth = float(images.detach().float().flatten().kthvalue(max(1, images.numel() // 10)).values)
+    if low > -0.25 or (high > 2 and darkest_tenth > -0.75):
         raise ValueError(f"{name} must be scaled to [-1, 1] as the model produces them (background -1), got values "
                          f"in [{low:g}, {high:g}]; for [0, 1] pixels pass images * 2 - 1, for [0, 255] images / 127.5 - 1")
     return resize(images.detach().float().cpu(), NATIVE_RESOLUTION).clamp(-1, 1)

@@ -29,11 +29,11 @@ from .solvers.run import Callback, NoiseSampler
 def pick_grad_step(grad_step: int | str, n_steps: int, step_generator: torch.Generator | None = None) -> int | None:
     """The step index that keeps its graph: `grad_step` itself (negative counts from the end), one drawn uniformly
     with `step_generator` for "random", None (every step) for "all"."""
+    if step_generator is not None and not isinstance(step_generator, torch.Generator):
+        raise TypeError(f"step_generator must be a torch.Generator or None, got {describe(step_generator)}")
     if grad_step == "all":
         return None
     if grad_step == "random":
-        if step_generator is not None and not isinstance(step_generator, torch.Generator):
-            raise TypeError(f"step_generator must be a torch.Generator or None, got {describe(step_generator)}")
         return int(torch.randint(n_steps, (), generator=step_generator))
     if isinstance(grad_step, str):
         raise ValueError(f"grad_step must be a step index, 'random' or 'all', got {grad_step!r}")

@@ -253,8 +253,9 @@ def test_accelerate_that_fails_on_its_second_part_leaves_the_pipeline_as_it_was(
     unet = fd.zoo.digits().denoiser.inner_model
     pipe = diffusers.DDIMPipeline(unet, diffusers.DDIMScheduler(clip_sample=False))
     pipe.set_progress_bar_config(disable=True)
+    untouched = copy.deepcopy(pipe)  # (a U-Net with hooks refuses deepcopy: copied first, hooked alike)
     users_own = fd.unet.enable_skip_tuning(unet, 0.8)  # the user's Skip-Tuning: accelerate's own cannot go on
-    untouched = copy.deepcopy(pipe)
+    fd.unet.enable_skip_tuning(untouched.unet, 0.8)
     before, config = unet_state(unet), dict(pipe.config)
     with pytest.raises(RuntimeError, match="Skip-Tuning is already enabled on this U-Net"):
         fd.integrations.accelerate(pipe, deepcache=fd.unet.DeepCacheConfig(interval=2),
@@ -784,3 +785,121 @@ def test_train_resume_from_another_checkpoint_is_one_line(tmp_path, capsys):
     line = cli_error(capsys, "train", "digits", "--workdir", str(tmp_path), "--resume", "--iterations", "1",
                      "--out", str(tmp_path / "w.safetensors"))
     assert "argument --workdir: " in line and "is not a readable training checkpoint" in line
+
+
+# ---- found by the third probe ---------------------------------------------------------------------------------
+
+
+def test_deepcache_in_a_pipelines_loop_starts_back_to_back_one_step_runs_afresh(digits):
+    unet = copy.deepcopy(digits.denoiser.inner_model)
+    pipe = diffusers.DDIMPipeline(unet, diffusers.DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    plain = [pipe(batch_size=2, num_inference_steps=1, generator=torch.Generator().manual_seed(s), output_type="np")
+             .images for s in (0, 1)]
+    handle = fd.unet.enable_deepcache(unet, interval=3)
+    cached = [pipe(batch_size=2, num_inference_steps=1, generator=torch.Generator().manual_seed(s), output_type="np")
+              .images for s in (0, 1)]
+    handle.disable()
+    for a, b in zip(plain, cached):  # one call per run: always a full call, equal to the plain U-Net
+        assert abs(a - b).max() < 1e-5
+
+
+def test_a_hooked_unet_refuses_deepcopy():
+    unet = unet_models.build("plain")[0]
+    for enable in (lambda u: fd.unet.enable_deepcache(u), lambda u: fd.unet.enable_skip_tuning(u, 0.5)):
+        handle = enable(unet)
+        with pytest.raises(TypeError, match="cannot be deep-copied .*disable\\(\\) the handles, copy, then enable"):
+            copy.deepcopy(unet)
+        handle.disable()
+        copy.deepcopy(unet)  # fine once disabled
+
+
+def test_gamma_cache_sees_hooks_and_train_eval():
+    model, ac = EpsOfT(), fd.ddpm_alphas_cumprod(10)
+    data = torch.rand(20, 1, 4, 4) * 2 - 1
+    first = fd.analytic_dpm.estimate_gamma(model.train(), ac, data, samples_per_step=4)
+    model.eval()
+    assert fd.analytic_dpm.estimate_gamma(model, ac, data, samples_per_step=4) is not first
+    model.eval()
+    handle = model.net.register_forward_hook(lambda m, i, o: o * 2)
+    assert fd.analytic_dpm.estimate_gamma(model, ac, data, samples_per_step=4) is not first
+    handle.remove()
+
+
+@pytest.mark.parametrize("scale", [lambda x: (x + 1) / 2 - 0.01, lambda x: (x + 1) * 127.5 - 0.5])
+def test_metrics_refuse_pixel_images_with_a_few_negative_values(scale):
+    images = scale(fd.zoo.data.load_digits_split().heldout_images[:50])
+    assert images.min() < 0
+    with pytest.raises(ValueError, match=r"images must be scaled to \[-1, 1\]"):
+        fd.metrics.frechet_distance(images)
+
+
+def test_ddim_refuses_eta_above_one():
+    for make in (lambda: fd.sample_ddim(lambda x, t: x, torch.randn(2, 4), fd.ddpm_alphas_cumprod(), 5, eta=1.5),
+                 lambda: fd.from_diffusers(diffusers.DDIMScheduler(), 5, eta=1.5)):
+        with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+            make()
+
+
+def test_a_refused_distill_leaves_the_predictor_as_it_was(gmm):
+    sigmas = fd.amed.schedule(3, 0.01, SIGMA_MAX)
+    predictor = fd.amed.distill(gmm, sigmas, (gmm.dim,), trajectories=4, batch=4, progress=False)
+    before = (predictor.sigmas.clone(), predictor.student, predictor.afs, predictor.training)
+    with pytest.raises(ValueError):
+        fd.amed.distill(gmm, fd.amed.schedule(4, 0.01, SIGMA_MAX, afs=False), (gmm.dim,), trajectories=4, batch=4,
+                        progress=False, predictor=predictor, student="ipndm", afs=False, teacher_forcing=True)
+    assert torch.equal(predictor.sigmas, before[0]) and (predictor.student, predictor.afs, predictor.training) == \
+        before[1:]
+
+
+def test_amed_numbers_of_any_kind_save(gmm, tmp_path):
+    sigmas = fd.amed.schedule(3, 0.01, SIGMA_MAX)
+    predictor = fd.amed.distill(gmm, sigmas, (gmm.dim,), trajectories=np.int64(4), batch=np.int64(4),
+                                lr=np.float32(1e-3), M=np.int64(1), seed=np.int64(3), progress=False)
+    predictor.save(tmp_path / "p.safetensors")
+    assert fd.amed.load(tmp_path / "p.safetensors").info["seed"] == 3
+    fd.amed.Predictor(hidden_dim=np.int64(8)).config["hidden_dim"].bit_length()
+
+
+def test_small_refusals_name_their_argument(digits, tmp_path):
+    setup = fd.from_diffusers(diffusers.DDIMScheduler(), 5)
+    image = torch.zeros(2, 4)
+    image[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="image contains NaN or inf"):
+        setup.sample(lambda x, t: x, torch.randn(2, 4), image=image, strength=0.5)
+    with pytest.raises(TypeError, match="image must be a floating-point tensor"):
+        setup.sample(lambda x, t: x, torch.randn(2, 4), image=torch.zeros(2, 4, dtype=torch.uint8), strength=0.5)
+    with pytest.raises(ValueError, match="device 'cuda' needs a CUDA GPU"):
+        setup.sampler(lambda x, t: x, device="cuda")
+    fused = fd.integrations.FusedScheduler(diffusers.DDIMScheduler())
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got 0"):
+        fused.set_timesteps(0)
+    with pytest.raises(TypeError, match="step_generator must be a torch.Generator or None, got 5"):
+        fd.sdo.sample(lambda x, s: x, torch.randn(2, 4), fd.get_sigmas_karras(3, 0.1, 10.0), grad_step=0,
+                      step_generator=5)
+    handle = fd.unet.enable_skip_tuning(unet_models.build("plain")[0], 0.5)
+    handle.disable()
+    with pytest.raises(RuntimeError, match="this Skip-Tuning was disabled"):
+        handle.set_rho(0.7)
+
+
+def test_accelerated_unconditional_pipeline_takes_what_its_own_takes(digits):
+    pipe = accelerated_ddim(digits)
+    fd.integrations.accelerate(pipe, solver="ddim")
+    pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=False)  # False means what None does
+    with pytest.raises(ValueError, match="generator: a list of 1 generators for batch_size=2"):
+        pipe(batch_size=2, num_inference_steps=2, generator=[torch.Generator()])
+    fd.integrations.undo(pipe)
+
+
+def test_damaged_digits_metadata_is_named(tmp_path):
+    tensors, metadata = files.read_any(DIGITS_WEIGHTS)
+    for change in ({"schedule": {}}, {"config": "nonsense"}, {"schedule": {**metadata["schedule"], "beta_end": 2.0}}):
+        files.save(tmp_path / "d.safetensors", tensors, files.DIGITS_UNET, **{**metadata, **change})
+        with pytest.raises(ValueError, match="is a digits U-Net .* file that is damaged"):
+            fd.zoo.digits(path=tmp_path / "d.safetensors")
+
+
+def test_demo_and_train_refuse_the_other_modes_options(tmp_path, capsys):
+    assert "argument --calls: belongs to the digits demo" in cli_error(capsys, "demo", "--gmm", "--calls", "3")
+    assert "argument --steps: belongs to the Gaussian mixture demo" in cli_error(capsys, "demo", "--steps", "3")

@@ -269,12 +269,12 @@ def test_a_new_batch_size_in_a_shallow_call_is_refused():
 
 def test_a_hand_written_loop_counts_its_own_calls_until_reset():
     unet, den, extra, shape = build("plain")
-    x, t = torch.randn(2, *shape), torch.tensor([500, 500])
+    x, t, t_next = torch.randn(2, *shape), torch.tensor([500, 500]), torch.tensor([400, 400])
     with torch.no_grad():
-        plain_half = unet(x * 0.5, t).sample
+        plain_half = unet(x * 0.5, t_next).sample
         handle = fd.unet.enable_deepcache(unet, interval=2)
         full = unet(x, t).sample  # call 0: full
-        shallow = unet(x * 0.5, t).sample  # call 1: reuses the deep features of call 0
+        shallow = unet(x * 0.5, t_next).sample  # call 1 (the timestep goes down): reuses the deep features of call 0
         handle.reset()
         again = unet(x, t).sample  # call 0 again: full
     assert torch.equal(again, full) and not torch.allclose(shallow, plain_half)

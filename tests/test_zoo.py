@@ -85,7 +85,8 @@ def test_weights_that_do_not_match_their_config_name_the_file(tmp_path):
     tensors.pop(next(iter(tensors)))
     path = tmp_path / "mismatch.safetensors"
     files.save(path, tensors, files.DIGITS_UNET, **metadata)
-    with pytest.raises(RuntimeError, match="mismatch.safetensors do not match their config"):
+    with pytest.raises(ValueError, match="mismatch.safetensors' is a digits U-Net .* file that is damaged: its weights "
+                                         "do not match its config"):
         fd.zoo.digits(path=path)
 
 

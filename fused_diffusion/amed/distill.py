@@ -112,27 +112,35 @@ def distill(
     sigmas, shape, teacher = _check(denoiser, sigmas, shape, student, teacher, M, trajectories, batch, max_order, lr,
                                     seed, extra_args, predictor, afs=afs, teacher_forcing=teacher_forcing,
                                     balance_steps=balance_steps, progress=progress)
+    M, trajectories, batch, seed, lr = int(M), int(trajectories), int(batch), int(seed), float(lr)
+    if teacher_forcing is None:
+        teacher_forcing = student == "amed" or max_order == 1
+    if teacher_forcing and student == "ipndm" and max_order > 1:
+        raise ValueError("teacher_forcing=True needs a single-step student (amed, or ipndm with max_order=1): a "
+                         "multistep student's history comes from its own trajectory")
     device = sigmas.device
     if predictor is None:
         dim = bottleneck_dim(denoiser, (batch, *shape), sigmas[:1], extra_args)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's generator untouched
             torch.manual_seed(seed)
             predictor = Predictor(dim, scale_dir=scale_dir, scale_time=scale_time)
-    predictor.to(device).attach(denoiser).train().requires_grad_(True)  # load and distill return it frozen
-    predictor.sigmas = sigmas.cpu()
-    predictor.set_student(student, afs, max_order)
-    student_solver = predictor.solver()
-    plan = solvers.Plan(student_solver, sigmas)
-    teacher_plan = solvers.Plan(teacher, refine(sigmas.cpu(), M).to(device, sigmas.dtype))
+    before = (predictor.sigmas, predictor.student, predictor.afs, predictor.max_order)
+    try:  # a predictor given to train further is changed only once its student and schedule are valid
+        predictor.sigmas = sigmas.cpu()
+        predictor.set_student(student, afs, max_order)
+        student_solver = predictor.solver()
+        plan = solvers.Plan(student_solver, sigmas)
+        teacher_plan = solvers.Plan(teacher, refine(sigmas.cpu(), M).to(device, sigmas.dtype))
+        predictor.to(device).attach(denoiser)
+    except BaseException:
+        predictor.sigmas = before[0]
+        predictor.set_student(*before[1:])
+        raise
+    predictor.train().requires_grad_(True)  # load and distill return it frozen
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     generator = torch.Generator(device).manual_seed(seed)
     model_params = [p for p in denoiser.parameters() if p.requires_grad] if isinstance(denoiser, nn.Module) else []
     iterations = math.ceil(trajectories / batch)
-    if teacher_forcing is None:
-        teacher_forcing = student == "amed" or max_order == 1
-    if teacher_forcing and student == "ipndm" and max_order > 1:
-        raise ValueError("teacher_forcing=True needs a single-step student (amed, or ipndm with max_order=1): a "
-                         "multistep student's history comes from its own trajectory")
     host = sigmas.detach().double().cpu()  # sync-ok: once
     step_weights = (host[:-1] - host[1:]) ** -2 if balance_steps else torch.ones(len(host) - 1, dtype=torch.float64)
     losses: list[float] = []
@@ -189,7 +197,7 @@ def _check(denoiser: Any, sigmas: Tensor, shape: Any, student: str, teacher: Any
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
     for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1), ("seed", seed, 0)):
         schedules.check_count(name, value, minimum=low)
-    schedules.check_real("lr", lr, above=0)
+    schedules.check_real("lr", lr, above=0)  # (distill reads them as plain numbers: the predictor's info is JSON)
     if student == "ipndm" and max_order not in (1, 2, 3, 4):
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
     if extra_args is not None and not isinstance(extra_args, dict):

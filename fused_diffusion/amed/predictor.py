@@ -98,15 +98,19 @@ class Predictor(nn.Module):
     def __init__(self, bottleneck_dim: int = 0, hidden_dim: int = 128, bottleneck_out: int = 4,
                  noise_channels: int = 8, scale_dir: float = 0.0, scale_time: float = 0.0):
         super().__init__()
-        check_count("bottleneck_dim", bottleneck_dim, minimum=0)
-        check_count("hidden_dim", hidden_dim)
-        if check_count("bottleneck_out", bottleneck_out, minimum=0) == 0 and bottleneck_dim:
+        # plain ints and floats (numpy numbers and 0-dim tensors too): the config is saved as JSON
+        bottleneck_dim = check_count("bottleneck_dim", bottleneck_dim, minimum=0)
+        hidden_dim = check_count("hidden_dim", hidden_dim)
+        bottleneck_out = check_count("bottleneck_out", bottleneck_out, minimum=0)
+        if bottleneck_out == 0 and bottleneck_dim:
             raise ValueError(f"bottleneck_out must be >= 1 for a predictor that reads a bottleneck (bottleneck_dim="
                              f"{bottleneck_dim}); a time-only predictor has bottleneck_dim=0")
-        if check_count("noise_channels", noise_channels, minimum=2) % 2:
+        noise_channels = check_count("noise_channels", noise_channels, minimum=2)
+        if noise_channels % 2:
             raise ValueError(f"noise_channels must be an even int >= 2, got {noise_channels!r}")
+        scale_dir, scale_time = check_real("scale_dir", scale_dir), check_real("scale_time", scale_time)
         for name, value in (("scale_dir", scale_dir), ("scale_time", scale_time)):
-            if not 0 <= check_real(name, value) < 1:
+            if not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1) (the head's range is 1 +- {name}), got {value!r}")
         self.config = {"bottleneck_dim": bottleneck_dim, "hidden_dim": hidden_dim, "bottleneck_out": bottleneck_out,
                        "noise_channels": noise_channels, "scale_dir": float(scale_dir),

@@ -10,7 +10,8 @@ The call index comes from the sampling engine (`fd.current_model_call()`), never
 loop the full/shallow pattern is fixed at capture and both kinds of call are in the one graph. Without the engine's
 context (a hand-written loop, a diffusers pipeline's own loop) the U-Net counts its own calls from the last
 `enable` or `handle.reset()`, and starts a new run when the timestep it is given rises (the next call of a
-pipeline), so a run never reuses the features of the one before.
+pipeline) or repeats right after a run's first call (back-to-back one-step runs), so a run never reuses the
+features of the one before. A loop whose runs share no such sign calls `handle.reset()` between them.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from torch import Tensor, nn
 
 from ..context import current_model_call
 from ..schedules import check_count, check_real
-from .hooks import (CachedOutputHook, ModelHook, UpBlockHook, check_unet, hook_of, registry, release_up_block_hooks,
-                    remove, up_block_hooks)
+from .hooks import (CachedOutputHook, ModelHook, NoCopy, UpBlockHook, check_unet, hook_of, registry,
+                    release_up_block_hooks, remove, up_block_hooks)
 from .up_blocks import UP_BLOCKS
 
 # the parts of a down block that lie below a layer-level cache point (used exactly once per forward)
@@ -127,8 +128,11 @@ class DeepCacheState:
         if call is None:
             if timestep is not None:
                 value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: outside the engine only
-                if self.last_timestep is not None and value > self.last_timestep:
-                    self.reset()  # the timestep went back up: a new run of the caller's loop
+                last = self.last_timestep
+                # a new run of the caller's loop: the timestep went back up, or stayed where a run's first call
+                # was (back-to-back one-step runs; a repeat after later calls is Heun's second call)
+                if last is not None and (value > last or (value == last and self.own_calls == 1)):
+                    self.reset()
                 self.last_timestep = value
             index, slot = self.own_calls, 0
             self.own_calls += 1
@@ -170,7 +174,7 @@ class DeepCacheState:
         return self.entries.get(self.slot)
 
 
-class DeepCacheUNetHook(ModelHook):
+class DeepCacheUNetHook(NoCopy, ModelHook):
     """On the U-Net itself: decides each forward (full or shallow) before any block runs."""
 
     NAME = "fused_diffusion.deepcache_unet"

@@ -60,7 +60,16 @@ def _one(device: torch.device) -> Tensor:
     return _ONES[device]
 
 
-class UpBlockHook(ModelHook):
+class NoCopy:
+    """A hook of this library refuses deepcopy: its copy would keep calling the original U-Net's blocks (diffusers'
+    hooks hold their module's bound forward), so a copied U-Net would silently ignore edits to its own weights."""
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise TypeError("a U-Net with DeepCache or Skip-Tuning on cannot be deep-copied (the copy would run the "
+                        "original's blocks): disable() the handles, copy, then enable the methods on each U-Net")
+
+
+class UpBlockHook(NoCopy, ModelHook):
     """Owns an up block's forward: every skip concatenation is one fused launch, scaled by Skip-Tuning's rho when
     that is on; with DeepCache the block is either deeper than the cache point (`role="cached"`: recomputed on full
     calls, its output reused on shallow ones) or the cache point (`role="entry"`: shallow calls enter resnet `start`
@@ -115,7 +124,7 @@ class UpBlockHook(ModelHook):
         return concat
 
 
-class CachedOutputHook(ModelHook):
+class CachedOutputHook(NoCopy, ModelHook):
     """DeepCache on a down block, mid block or down-block layer deeper than the cache point: computed and stored on
     full calls, the stored output returned on shallow calls."""
 

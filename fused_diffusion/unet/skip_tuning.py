@@ -80,7 +80,18 @@ class SkipTuningHandle:
     def config(self) -> SkipTuningConfig:
         return self.skip_tuning.config
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this handle's Skip-Tuning is on the U-Net now."""
+        from .hooks import UpBlockHook, hook_of
+
+        return any(getattr(hook_of(b, UpBlockHook.NAME), "skip_tuning", None) is self.skip_tuning
+                   for b in self.unet.up_blocks)
+
     def set_rho(self, rho_bottom: float, rho_top: float = 1.0) -> None:
+        if not self.enabled:
+            raise RuntimeError("this Skip-Tuning was disabled (or replaced by a later enable): set_rho would change "
+                               "nothing; enable it again")
         self.skip_tuning.set_rho(rho_bottom, rho_top)
 
     def disable(self) -> None:

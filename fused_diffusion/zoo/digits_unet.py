@@ -54,11 +54,18 @@ def load_unet(path: str | Path, kind: files.Kind, device: Any = "cpu", dtype: An
         raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, torch.float16, "
                         f"torch.bfloat16), got {dtype!r}")
     tensors, metadata = files.read(path, kind)
-    unet = build_unet(metadata["config"])
+    schedule = metadata["schedule"]
+    if not isinstance(schedule, dict) or set(schedule) != set(SCHEDULE):
+        raise files.damaged(path, kind, f"its schedule must give {sorted(SCHEDULE)}, got {schedule!r}")
+    try:
+        unet = build_unet(metadata["config"])
+        ddpm_alphas_cumprod(**schedule)
+    except (TypeError, ValueError) as e:
+        raise files.damaged(path, kind, f"{type(e).__name__}: {e}") from None
     try:
         unet.load_state_dict(tensors)
     except RuntimeError as e:
-        raise RuntimeError(f"model weights {path} do not match their config: {e}") from e
+        raise files.damaged(path, kind, f"its weights do not match its config: {e}") from None
     unet = unet.to(device)
     if dtype != torch.float32:  # (diffusers warns on any dtype cast, so only when one is asked for)
         unet = unet.to(dtype)

@@ -128,6 +128,9 @@ class FusedScheduler:
             if given is not None:
                 options[name] = given
                 num_inference_steps = len(given) if num_inference_steps is None else num_inference_steps
+        if num_inference_steps is None:
+            raise TypeError("set_timesteps needs num_inference_steps (or custom sigmas / timesteps)")
+        num_inference_steps = check_count("num_inference_steps", num_inference_steps)
         setup = from_diffusers(self.reference, num_inference_steps, **options)
         self.reference.set_timesteps(num_inference_steps, **options)  # for init_noise_sigma and add_noise
         self._setup, self.num_inference_steps = setup, num_inference_steps

@@ -364,8 +364,8 @@ def _unconditional_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     acceleration.check_pipeline(self)
     arguments, signature = _bound_arguments(self, args, kwargs)
     taken = {"batch_size", "generator", "num_inference_steps", "output_type", "return_dict", "eta"}
-    refused = sorted(name for name, value in arguments.items()
-                     if name not in taken and not _is_default(value, signature.parameters.get(name)))
+    refused = sorted(name for name, value in arguments.items() if name not in taken and value  # False is None here
+                     and not _is_default(value, signature.parameters.get(name)))
     if refused:
         raise ValueError(f"an accelerated {acceleration.original_class.__name__} does not take {refused}; undo(pipe) "
                          "to use them")
@@ -377,6 +377,9 @@ def _unconditional_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     shape = (check_count("batch_size", arguments["batch_size"]), self.unet.config.in_channels,
              *((size, size) if isinstance(size, int) else size))
     generator = arguments["generator"]
+    if isinstance(generator, list) and len(generator) != shape[0]:
+        raise ValueError(f"generator: a list of {len(generator)} generators for batch_size={shape[0]}; give one per "
+                         "image (or a single generator)")
     noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
     setup = acceleration.setup(steps, eta)
     key = (steps, eta)

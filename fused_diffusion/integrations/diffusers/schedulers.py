@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ... import ops
 from ...engine import Sampler
 from ...models import EpsDenoiser, VDenoiser, _inner_output, lincomb_rows
-from ...schedules import check_count, check_real, describe, img2img_schedule
+from ...schedules import check_count, check_device, check_real, describe, img2img_schedule
 from ...solvers import DDIM, Plan, Solver, check_input, get_solver, run
 
 # settings every scheduler turns into the schedule that an adapter reads off it after set_timesteps
@@ -374,8 +374,12 @@ class Setup:
             if strength != 1.0:
                 raise ValueError(f"strength={strength} needs an image to start from (image=None)")
             return noise * self.init_noise_sigma, schedule, self.solver
-        if not isinstance(image, Tensor) or image.shape != noise.shape:
-            raise ValueError(f"image must be a tensor of the noise's shape {tuple(noise.shape)}, got {describe(image)}")
+        check_input(image, "image")
+        if image.shape != noise.shape or image.device != noise.device:
+            raise ValueError(f"image must be a tensor of the noise's shape {tuple(noise.shape)} on {noise.device}, got "
+                             f"{describe(image)} on {image.device}")
+        if not torch.isfinite(image).all():  # sync-ok: once per run, before the loop
+            raise ValueError("image contains NaN or inf")
         schedule = img2img_schedule(schedule, strength)
         return self.adapter.noised(self, image, noise, schedule[0]), schedule, self.adapter.tail_solver(self)
 
@@ -390,7 +394,7 @@ class Setup:
 
     def sampler(self, network: Callable[..., Any], device: str | torch.device = "cpu", **options: Any) -> Sampler:
         """An fd.Sampler (one CUDA graph on a GPU) for this schedule; call it with noise * init_noise_sigma."""
-        return Sampler(self.model(network), self.solver, self.schedule.to(device), **options)
+        return Sampler(self.model(network), self.solver, self.schedule.to(check_device(device)), **options)
 
 
 def from_diffusers(scheduler: Any, steps: int, **options: Any) -> Setup:
