@@ -3,7 +3,12 @@ whole `DDPMPipeline` call (its loop, the U-Net and the scheduler) at equal steps
 a U-Net that is one multiply.
 
     python bench/bench_integrations.py --threads 2    # -> results/integrations_speed_cpu.csv
+    python bench/bench_integrations.py pipelines --threads 2   # -> results/integrations_pipelines_cpu.csv
     python bench/readme_tables.py integrations
+
+`pipelines`: host time per step of each conditional pipeline family (SD, SDXL, SD3, Flux; the tiny random ones of
+tests/tiny_pipelines.py, guidance on) with a network that is one multiply, its own loop against `accelerate(pipe)`,
+the pipeline's own scheduler, the same images checked first; interleaved runs, the minimum each.
 
 For each scheduler (DDIM, DPM-Solver++(2M), built from one config): diffusers' scheduler in the pipeline,
 `FusedScheduler.from_config(config, solver=...)` in the same pipeline, the pipeline after
@@ -52,16 +57,68 @@ def best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     return 1e3 * min(times)
 
 
+def one_multiply(network: torch.nn.Module) -> None:
+    """The network's forward replaced by one multiply of its sample (on the instance; every attribute stays)."""
+    import inspect
+
+    first = list(inspect.signature(type(network).forward).parameters)[1]
+
+    def forward(*args, **kwargs):
+        return (0.5 * (args[0] if args else kwargs[first]),)
+
+    network.forward = forward
+
+
+def pipelines(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import tiny_pipelines as tiny
+
+    families = {"StableDiffusion": (tiny.sd_components, tiny.sd_pipeline, tiny.sd_embeds(1), "unet"),
+                "StableDiffusionXL": (tiny.sdxl_components, tiny.sdxl_pipeline, tiny.sdxl_embeds(1), "unet"),
+                "StableDiffusion3": (tiny.sd3_components, tiny.sd3_pipeline, tiny.sd3_embeds(1), "transformer"),
+                "Flux": (tiny.flux_components, tiny.flux_pipeline, tiny.flux_embeds(1, negative=True), "transformer")}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the accelerated loop is one CUDA graph
+    rows = []
+    for family, (components, build, embeds, network) in families.items():
+        shared = components()
+        one_multiply(shared[network])
+        own, accelerated = build(shared).to(device), build(shared).to(device)
+        fd.integrations.accelerate(accelerated)
+        options = {**{k: v.to(device) for k, v in embeds.items()}, "num_inference_steps": args.steps,
+                   "output_type": "latent", **({"true_cfg_scale": 2.0} if family == "Flux" else {"guidance_scale": 5.0})}
+        runs = {"own loop": lambda p=own: p(generator=torch.Generator(device).manual_seed(0), **options).images,
+                "accelerate(pipe)": lambda p=accelerated: p(generator=torch.Generator(device).manual_seed(0),
+                                                            **options).images}
+        with torch.inference_mode():
+            a, b = runs["own loop"](), runs["accelerate(pipe)"]()
+            assert ((a - b).norm() / a.norm()).item() < 1e-4, f"{family}: the accelerated latents differ"
+            timings = {key: [] for key in runs}
+            for _ in range(args.repeats):
+                for key, fn in runs.items():
+                    timings[key].append(best_ms(fn, 1))
+        base = min(timings["own loop"])
+        for key, values in timings.items():
+            rows.append({"pipeline": family, "scheduler": type(own.scheduler).__name__, "method": key,
+                         "steps": args.steps, "ms": round(min(values), 2),
+                         "ms_per_step": round(min(values) / args.steps, 3),
+                         "speedup_vs_own_loop": round(base / min(values), 3)})
+            print(rows[-1], flush=True)
+    write_csv("integrations_pipelines", rows)
+
+
 def main() -> None:
     import diffusers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=("schedulers", "pipelines"), default="schedulers")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mode == "pipelines":
+        return pipelines(args)
 
     unet = fd.zoo.digits().denoiser.inner_model
     config = diffusers.DDIMScheduler(clip_sample=False).config

@@ -7,6 +7,8 @@
 #   bash bench/gpu_check.sh loop ddpm-cifar10 128 #   setups a case takes minutes): also sd15 1 and sd15 8
 #   bash bench/gpu_check.sh unet        # bench_unet: DeepCache / Skip-Tuning inside the graph, fused concat
 #   bash bench/gpu_check.sh sdo         # bench_sdo cost: SDO against full backprop, time and CUDA peak memory
+#   bash bench/gpu_check.sh pipelines   # accelerated diffusers pipelines: the gpu tests (one graph per configuration)
+#                                       #   and the host time per step against their own loops
 #   bash bench/gpu_check.sh all         # everything in one go (longer than one device command allows)
 # Each stage ends with a short table of what it measured.
 set -euo pipefail
@@ -65,10 +67,16 @@ case $stage in
     python3 bench/bench_unet.py concat --device cuda
     table "bench/results/unet_*_NVIDIA*.csv"
     ;;&
+  pipelines|all)
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_integrations_pipelines.py tests/test_integrations_sd.py \
+      tests/test_integrations_diffusers.py
+    python3 bench/bench_integrations.py pipelines --repeats 5
+    table "bench/results/integrations_pipelines_NVIDIA*.csv"
+    ;;&
   all)
     for case in "ddpm-cifar10 1" "ddpm-cifar10 128" "sd15 1" "sd15 8"; do loop $case; done
     ;;
   loop) loop "${2:?model}" "${3:?batch}" ;;
-  test|ops|unet|sdo) ;;
-  *) echo "unknown stage $stage: test | ops | unet | sdo | loop MODEL BATCH | all"; exit 2 ;;
+  test|ops|unet|sdo|pipelines) ;;
+  *) echo "unknown stage $stage: test | ops | unet | sdo | pipelines | loop MODEL BATCH | all"; exit 2 ;;
 esac

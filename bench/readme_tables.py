@@ -176,10 +176,25 @@ def integrations_table() -> str:
             + "\n\n" + "\n".join(lines))
 
 
+def pipelines_table() -> str:
+    """Host time per step of each pipeline family's own loop and accelerated, from bench_integrations.py pipelines."""
+    rows = read_csv(RESULTS / "integrations_pipelines_cpu.csv")
+    cells = {(r["pipeline"], r["method"]): r for r in rows}
+    lines = ["| pipeline | scheduler | own loop, ms / step | `accelerate(pipe)`, ms / step | speed |", "|---|---|---|---|---|"]
+    for pipeline in dict.fromkeys(r["pipeline"] for r in rows):
+        own, fast = cells[pipeline, "own loop"], cells[pipeline, "accelerate(pipe)"]
+        lines.append(f"| {pipeline} | {own['scheduler']} | {own['ms_per_step']} | {fast['ms_per_step']} | "
+                     f"{float(fast['speedup_vs_own_loop']):.2f}× |")
+    return (f"The tiny random pipelines of tests/tiny_pipelines.py with a network that is one multiply (what is left "
+            f"is the loop's host time), guidance on, {rows[0]['steps']} steps, the whole call divided by the steps; "
+            "the best of interleaved runs, the latents checked equal first. " + provenance(rows[0])
+            + "\n\n" + "\n".join(lines))
+
+
 TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": samplers_table,
                                         "samplers_overhead": samplers_overhead_table, "shortcut": shortcut_table,
                                         "analytic_dpm": analytic_dpm_table, "sdo": sdo_table,
-                                        "integrations": integrations_table}
+                                        "integrations": integrations_table, "pipelines": pipelines_table}
 
 
 def main() -> None:

@@ -49,6 +49,21 @@ def count_op_launches() -> Iterator[OpLaunchCounter]:
         _counters.remove(counter)
 
 
+def counting() -> bool:
+    """Whether a count_op_launches block is open (then every launch takes the counted path)."""
+    return bool(_counters)
+
+
+def direct_extension(device: torch.device):
+    """The C++/CUDA extension module when dispatch chooses it for `device` (the forced backend or the automatic
+    choice, read per call as `choose` does), else None."""
+    try:
+        backend = choose(device)
+    except (RuntimeError, ValueError):
+        return None  # the full path raises it, naming the cause
+    return extension()[0] if backend in ("cpp", "cuda") else None
+
+
 def _launch(spec: OpSpec, backend: str, impl: Callable[..., Tensor], *args) -> Tensor:
     for counter in _counters:
         counter.launches[spec.name, backend] += 1

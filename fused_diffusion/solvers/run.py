@@ -119,7 +119,7 @@ class Run:
         version = tensor_version(x)
         keep_graph = self.grad_steps is None or i in self.grad_steps
         with model_call(context), torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-            out = checked_output(self.model(x, *inputs, **self.extra_args), x, self.where(i, label))
+            out = checked_output(self.model(x, *inputs, **self.extra_args), x, lambda: self.where(i, label))
         if not keep_graph and self.solver.model_output == "denoised" and x.requires_grad:
             out = ConstantNoise.apply(out, x)
         if version is not None and tensor_version(x) != version:
@@ -226,11 +226,9 @@ class Run:
 
 
 def tensor_version(t: Tensor) -> int | None:
-    """The tensor's in-place version counter (None for inference-mode tensors, which keep none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
+    """The tensor's in-place version counter (None for inference-mode tensors, which keep none: asked first, since
+    reading their counter raises, which costs ~30 us a call)."""
+    return None if t.is_inference() else t._version
 
 
 def check_run_arguments(model: Any, extra_args: Any, callback: Any, noise_sampler: Any, generator: Any = None) -> None:
@@ -256,16 +254,18 @@ def checked_noise(z: Any, shape: torch.Size, device: torch.device, where: str) -
     return z
 
 
-def checked_output(output: Any, x: Tensor, where: str) -> Tensor:
-    """The model's output as a tensor like x (its dtype), or an error naming the call (`where`)."""
+def checked_output(output: Any, x: Tensor, where: str | Callable[[], str]) -> Tensor:
+    """The model's output as a tensor like x (its dtype), or an error naming the call (`where`, or a function
+    making it: formatted only for an error, not on every call)."""
     out = unwrap_output(output)
-    if out.shape != x.shape:
-        raise ValueError(f"{where}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
-    if out.device != x.device:
-        raise ValueError(f"{where}: model returned a tensor on {out.device}, expected {x.device}")
-    if not out.is_floating_point():
+    if out.shape != x.shape or out.device != x.device or not out.is_floating_point():
+        where = where if isinstance(where, str) else where()
+        if out.shape != x.shape:
+            raise ValueError(f"{where}: model returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        if out.device != x.device:
+            raise ValueError(f"{where}: model returned a tensor on {out.device}, expected {x.device}")
         raise TypeError(f"{where}: model returned dtype {out.dtype}, expected a floating-point tensor")
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def _describe(value: Any) -> str:
@@ -285,7 +285,7 @@ def check_input(x: Tensor, name: str = "x") -> None:
 
 @torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop
 def sample(
-    solver: Solver,
+    solver: Solver | Plan,
     model: Callable[..., Any],
     x: Tensor,
     schedule: Tensor,
@@ -300,9 +300,11 @@ def sample(
 ) -> Tensor:
     """Runs `solver` eagerly over the schedule: the loop every sample_* function shares. k_diffusion_rng: also make
     the draws k-diffusion 0.1.1 makes and discards, so seeded multi-batch scripts reproduce it image for image.
-    stop: run only the first `stop` steps (Plan)."""
+    stop: run only the first `stop` steps (Plan). A Plan given as `solver` (made once, reused) brings its schedule
+    and stop (`schedule` is then None)."""
     check_input(x)
-    run = Run(Plan(solver, schedule, stop), model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
+    plan = solver if isinstance(solver, Plan) else Plan(solver, schedule, stop)
+    run = Run(plan, model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
               generator=generator, check_finite=check_finite, k_diffusion_rng=k_diffusion_rng)
     x = run_steps(run, x, disable)
     run.raise_if_not_finite(run.finite_flags())

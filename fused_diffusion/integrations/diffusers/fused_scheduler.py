@@ -20,6 +20,16 @@ class _NeedsModel(Exception):
         self.x = x
 
 
+def _options_key(options: dict[str, Any]) -> tuple:
+    """set_timesteps options as a hashable key, lists and arrays by their values."""
+    def value(v: Any) -> Any:
+        if isinstance(v, (list, tuple, Tensor)) or hasattr(v, "__array__"):
+            return tuple(torch.as_tensor(v).double().reshape(-1).tolist())
+        return v
+
+    return tuple(sorted((name, value(v)) for name, v in options.items()))
+
+
 class StepOutput(tuple):
     """What `step` returns: (prev_sample, pred_original_sample) as a tuple and by name, diffusers' SchedulerOutput
     shape; the data estimate is computed only when read (pipelines read prev_sample alone)."""
@@ -74,6 +84,7 @@ class FusedScheduler:
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._setup: Setup | None = None
+        self._setups: dict[Any, Setup] = {}
         self._begin_index: int | None = None
 
     @classmethod
@@ -131,7 +142,10 @@ class FusedScheduler:
         if num_inference_steps is None:
             raise TypeError("set_timesteps needs num_inference_steps (or custom sigmas / timesteps)")
         num_inference_steps = check_count("num_inference_steps", num_inference_steps)
-        setup = from_diffusers(self.reference, num_inference_steps, **options)
+        key = (num_inference_steps, _options_key(options))
+        if key not in self._setups:  # made once per configuration (a pipeline sets its timesteps every call)
+            self._setups[key] = from_diffusers(self.reference, num_inference_steps, **options)
+        setup = self._setups[key]
         self.reference.set_timesteps(num_inference_steps, **options)  # for init_noise_sigma and add_noise
         self._setup, self.num_inference_steps = setup, num_inference_steps
         self.timesteps = self.reference.timesteps.to(device)

@@ -12,6 +12,7 @@ here (their loops scale neither the noise nor the model input for sigma schedule
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
+from ...context import current_model_call
 from ...engine import Sampler
 from ...schedules import check_bool, check_count, check_real, describe
-from ...solvers import get_solver, run
+from ...solvers import Plan, get_solver, run
 from .fused_scheduler import FusedScheduler
 from .schedulers import Setup, adapter_of, from_diffusers, scheduler_like
 
@@ -83,39 +85,65 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-class PipelineNetwork(nn.Module):
-    """The pipeline's network as the loop calls it, with the conditioning its first call recorded: called as
-    (x, timestep[B], **tensors) by the solver's model (the scheduler adapter's wrapper), it makes the pipeline's
-    call(s) and guidance combine. `calls` holds one (sample name, timestep name, constants, tensor prefix) per
-    network call of a step: one for no or batched guidance, two (positive, negative) for separate guidance."""
+class PipelineDenoiser(nn.Module):
+    """The solver's model for a pipeline's whole loop. Call k of a run (fd.current_model_call, plus `first_call` for a
+    run that starts mid-schedule) reads row k of per-call tables its scheduler's adapter made: the factor from the
+    solver's state to the network's input, the scheduler's timestep, and the row turning the network's output into
+    the solver's input, with the guidance scale folded in. It makes the pipeline's network call(s) with the
+    conditioning the loop's first iteration recorded (`calls`: one (sample name, constants, tensor prefix) per
+    network call of a step; two for separate guidance, positive then negative) and one fused combine: per call
+    the network and at most two launches, in eager runs and captured graphs alike."""
 
-    def __init__(self, network: nn.Module, calls: list[tuple[str, str, dict[str, Any], str]], batched: bool,
-                 timestep_divisor: float | None, scale: float):
+    def __init__(self, network: nn.Module, calls: list[tuple[str, dict[str, Any], str]], guidance: str,
+                 timestep_divisor: float | None, setup: Setup, first_call: int, scale: float):
         super().__init__()
-        self.network, self.calls, self.batched, self.timestep_divisor = network, calls, batched, timestep_divisor
-        self.combine = torch.empty(2)  # [1 - scale, scale], rewritten in place (a captured graph replays it)
+        self.network, self.calls, self.guidance = network, calls, guidance
+        self.timestep_divisor, self.first_call = timestep_divisor, first_call
+        scales = setup.adapter.network_scales(setup)
+        self.scales = None if scales is None else scales.float()[:, None]
+        self.timesteps = setup.timesteps
+        self.rows = setup.adapter.output_rows(setup)  # [calls, 2] over [x, network output], float64
+        self.reads_x = bool((self.rows[:, 0] != 0).any())  # the flow and timestep schedulers take the output itself
+        self.combine = torch.empty(len(self.rows), 3 if guidance != "none" else 2)
         self.set_scale(scale)
 
     def set_scale(self, scale: float) -> None:
-        self.combine.copy_(torch.tensor([1.0 - scale, scale]))
+        """The guidance scale, written into the combine table in place (a captured graph replays it)."""
+        x_row, out_row = self.rows[:, 0], self.rows[:, 1]
+        table = self.rows if self.guidance == "none" else torch.stack([x_row, out_row * (1 - scale), out_row * scale], 1)
+        self.combine.copy_(table)
 
-    def forward(self, x: Tensor, timestep: Tensor, **tensors: Tensor) -> Tensor:
-        if self.combine.device != x.device:
-            self.combine = self.combine.to(x.device)
+    def _on(self, device: torch.device) -> None:
+        if self.combine.device != device:  # moved once, in eager mode or a graph's warm-up
+            self.combine, self.timesteps = self.combine.to(device), self.timesteps.to(device)
+            self.scales = None if self.scales is None else self.scales.to(device)
+
+    def forward(self, x: Tensor, level: Tensor, **tensors: Tensor) -> Tensor:
+        self._on(x.device)
+        k = current_model_call().index + self.first_call
+        x_in = x if self.scales is None else ops.lincomb([x], self.scales[k])
+        batch = 2 * len(x) if self.guidance == "batched" else len(x)
+        timestep = self.timesteps[k].expand(batch)
         if self.timestep_divisor is not None:
             timestep = timestep.to(x.dtype) / self.timestep_divisor
+        sample = torch.cat([x_in, x_in]) if self.guidance == "batched" else x_in
         outputs = []
-        for sample_name, timestep_name, constants, prefix in self.calls:
-            own = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-            sample, step = (torch.cat([x, x]), torch.cat([timestep, timestep])) if self.batched else (x, timestep)
-            kwargs = _unflatten({**constants, **own, sample_name: sample, timestep_name: step})
-            outputs.append(_first(self.network(**kwargs)))
-        if self.batched:  # [uncond, cond]: uncond + scale (cond - uncond)
-            uncond, cond = outputs[0].chunk(2)
-            return ops.lincomb([uncond, cond], self.combine)
-        if len(outputs) == 2:  # (positive, negative): negative + scale (positive - negative)
-            return ops.lincomb([outputs[1], outputs[0]], self.combine)
-        return outputs[0]
+        for sample_name, constants, prefix in self.calls:
+            if prefix:  # this call's conditioning tensors, nested as the network takes them
+                own = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+                kwargs = _unflatten({**constants, **own})
+            else:
+                kwargs = dict(constants)
+            kwargs[sample_name], kwargs["timestep"] = sample, timestep
+            output = _first(self.network(**kwargs))
+            outputs.append(output if output.dtype == x.dtype else output.to(x.dtype))
+        if self.guidance == "batched":  # [uncond, cond]
+            outputs = list(outputs[0].chunk(2))
+        elif self.guidance == "separate":  # (positive, negative): as (uncond, cond) = (negative, positive)
+            outputs = outputs[::-1]
+        if not self.reads_x:
+            return outputs[0] if len(outputs) == 1 else ops.lincomb(outputs, self.combine[k, 1:])
+        return ops.lincomb([x, *outputs], self.combine[k])
 
 
 def _first(output: Any) -> Tensor:
@@ -191,12 +219,21 @@ class Acceleration:
     probes: list[tuple[tuple, dict]] = field(default_factory=list)
     arguments: dict[str, Any] = field(default_factory=dict)  # this call's arguments, bound to the pipeline's signature
     models: dict[Any, Any] = field(default_factory=dict)
+    plans: dict[Any, Plan] = field(default_factory=dict)
     samplers: dict[Any, Sampler] = field(default_factory=dict)
     setups: dict[Any, Setup] = field(default_factory=dict)
 
     @property
     def solver(self) -> str:
         return adapter_of(self.reference).solver
+
+    @functools.cached_property
+    def forward_signature(self) -> inspect.Signature:
+        return inspect.signature(type(self.network).forward)
+
+    @functools.cached_property
+    def call_signature(self) -> inspect.Signature:
+        return inspect.signature(self.original_class.__call__)
 
     def check_pipeline(self, pipe: Any) -> None:
         """The pipeline still holds the network and scheduler it was accelerated with (the models and samplers built
@@ -216,7 +253,7 @@ class Acceleration:
         if not self.probing:
             forward = self.original_forward or type(self.network).forward.__get__(self.network)
             return forward(*args, **kwargs)
-        bound = inspect.signature(type(self.network).forward).bind(self.network, *args, **kwargs)
+        bound = self.forward_signature.bind(self.network, *args, **kwargs)
         arguments = {k: (dict(v) if isinstance(v, dict) else v) for k, v in bound.arguments.items() if k != "self"}
         arguments.update(arguments.pop("kwargs", {}))
         self.probes.append(arguments)
@@ -224,7 +261,7 @@ class Acceleration:
         zeros = torch.zeros_like(sample)
         return _ZeroOutput((zeros,))
 
-    def network_model(self, setup: Setup, latents: Tensor) -> tuple[Any, dict[str, Tensor]]:
+    def network_model(self, setup: Setup, latents: Tensor, first_call: int) -> tuple[Any, dict[str, Tensor]]:
         """(the solver's model, its tensor arguments) from the calls the loop's first iteration made."""
         probes, self.probes = self.probes, []
         family = self.family
@@ -232,29 +269,26 @@ class Acceleration:
             raise RuntimeError(f"the pipeline's loop called its {family.network} {len(probes)} times before its first "
                                f"step; an accelerated {self.original_class.__name__} reproduces one call per step, or "
                                "two for separate guidance")
-        names = list(probes[0])
-        sample_name, timestep_name = names[0], "timestep"
-        batched = probes[0][sample_name].shape[0] == 2 * latents.shape[0]
-        if batched:
-            scale = float(self.pipe.guidance_scale)
+        sample_name = next(iter(probes[0]))
+        if probes[0][sample_name].shape[0] == 2 * latents.shape[0]:
+            guidance, scale = "batched", check_real("guidance_scale", self.pipe.guidance_scale)
         elif len(probes) == 2:
-            scale = check_real(family.separate_cfg, self.arguments[family.separate_cfg])
+            guidance, scale = "separate", check_real(family.separate_cfg, self.arguments[family.separate_cfg])
         else:
-            scale = 1.0
+            guidance, scale = "none", 1.0
         calls, tensors, constants_key = [], {}, []
         for k, arguments in enumerate(probes):
-            rest = {n: v for n, v in arguments.items() if n not in (sample_name, timestep_name)}
-            own, constants = _flatten(rest)
+            own, constants = _flatten({n: v for n, v in arguments.items() if n not in (sample_name, "timestep")})
             prefix = f"call{k}."
             tensors.update({prefix + n: v for n, v in own.items()})
-            calls.append((sample_name, timestep_name, constants, prefix))
+            calls.append((sample_name, constants, prefix))
             constants_key.append(repr(sorted(constants.items())))
-        key = (tuple(setup.timesteps.tolist()), len(setup.schedule), tuple(constants_key), batched, len(calls))
+        key = (id(setup), first_call, tuple(constants_key), guidance)  # setups are cached: their ids are stable
         if key not in self.models:
-            network = PipelineNetwork(self.network, calls, batched, family.timestep_divisor, scale)
-            self.models[key] = (network, setup.model(network))
-        network, model = self.models[key]
-        network.set_scale(scale)
+            self.models[key] = PipelineDenoiser(self.network, calls, guidance, family.timestep_divisor, setup,
+                                                first_call, scale)
+        model = self.models[key]
+        model.set_scale(scale)
         return model, tensors
 
     def run_loop(self, scheduler: AcceleratedScheduler, timestep: Any, latents: Tensor, step_options: dict[str, Any],
@@ -265,25 +299,28 @@ class Acceleration:
         start = scheduler._start_call(timestep)
         count = getattr(self.pipe, "_num_timesteps", None) or len(scheduler.timesteps) - start
         first, steps = start // scheduler.order, -(-count // scheduler.order)
-        adapter = scheduler.adapter
-        solver = get_solver(adapter.solver, **adapter.solver_options(scheduler.reference,
-                                                                      {**adapter.step_options, **step_options}))
-        if first:
-            solver = adapter.tail_solver(Setup(**{**vars(setup), "solver": solver}))
-        schedule = setup.schedule[first:].to(latents.device)  # the whole rest, so each step keeps its coefficients
-        model, tensors = self.network_model(setup, latents)
+        key = (id(setup), first, steps, tuple(sorted(step_options.items())), latents.device)
+        if key not in self.plans:
+            adapter = scheduler.adapter
+            solver = get_solver(adapter.solver, **adapter.solver_options(scheduler.reference,
+                                                                          {**adapter.step_options, **step_options}))
+            if first:
+                solver = adapter.tail_solver(Setup(**{**vars(setup), "solver": solver}))
+            # the whole rest of the schedule, so each step keeps its coefficients; the run stops after `steps`
+            self.plans[key] = Plan(solver, setup.schedule[first:].to(latents.device), steps)
+        model, tensors = self.network_model(setup, latents, start)
         self.probing = False  # the loop's own network calls run the network
         try:
-            x = self.sample(solver, model, latents * setup.latent_scale(first), schedule, tensors, generator,
-                            stop=steps)
+            x = self.sample(self.plans[key], model, latents * setup.latent_scale(first), tensors, generator)
         finally:
             self.probing = True  # the pipeline's remaining iterations, if it has no interrupt, cost nothing
         return x / setup.latent_scale(first + steps)
 
-    def sample(self, solver: Any, model: Any, x: Tensor, schedule: Tensor, extra_args: dict[str, Any] | None,
-               generator: Any, callback: run.Callback | None = None, stop: int | None = None) -> Tensor:
-        """One run: a cached fd.Sampler (one CUDA graph per configuration) on CUDA when the run draws no noise or
-        draws it from one CUDA generator and has no callback, else eagerly with the pipeline's generator."""
+    def sample(self, plan: Plan, model: Any, x: Tensor, extra_args: dict[str, Any] | None, generator: Any,
+               callback: run.Callback | None = None) -> Tensor:
+        """One run of `plan`: a cached fd.Sampler (one CUDA graph per configuration) on CUDA when the run draws no
+        noise or draws it from one CUDA generator and has no callback, else eagerly with the pipeline's generator."""
+        solver = plan.solver
         if solver.stochastic and isinstance(generator, (list, tuple)):
             raise ValueError(f"generator: a list of generators cannot seed {solver.name}'s step noise, which this "
                              "library draws from one generator; pass one torch.Generator")
@@ -291,16 +328,15 @@ class Acceleration:
         graphable = (self.cuda_graph and x.device.type == "cuda" and callback is None
                      and (not solver.stochastic or step_generator is None or step_generator.device == x.device))
         if graphable:
-            key = (id(model), solver.graph_key(), len(schedule), stop, x.device)
+            key = (id(model), id(plan))
             sampler = self.samplers.get(key)
             if sampler is None:
-                sampler = self.samplers[key] = Sampler(model, solver, schedule, generator=step_generator, stop=stop)
-            else:
-                sampler.set_schedule(schedule)
-                sampler.generator = step_generator
+                sampler = self.samplers[key] = Sampler(model, solver, plan.schedule, generator=step_generator,
+                                                       stop=plan.stop_at)
+            sampler.generator = step_generator
             return sampler(x, extra_args=extra_args)
-        return run.sample(solver, model, x, schedule, extra_args, callback, True, generator=step_generator,
-                          k_diffusion_rng=False, stop=stop)
+        return run.sample(plan, model, x, None, extra_args, callback, True, generator=step_generator,
+                          k_diffusion_rng=False)
 
     # --- unconditional pipelines ------------------------------------------------------------------------------------
 
@@ -315,7 +351,7 @@ class Acceleration:
 
 def _bound_arguments(pipe: Any, args: tuple, kwargs: dict) -> tuple[dict[str, Any], inspect.Signature]:
     """The call's arguments by name, defaults applied, as the pipeline's own __call__ binds them."""
-    signature = inspect.signature(pipe._fd_acceleration.original_class.__call__)
+    signature = pipe._fd_acceleration.call_signature
     bound = signature.bind(pipe, *args, **kwargs)
     bound.apply_defaults()
     arguments = {**bound.arguments.pop("kwargs", {}), **bound.arguments}
@@ -383,11 +419,15 @@ def _unconditional_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
     setup = acceleration.setup(steps, eta)
     key = (steps, eta)
-    if key not in acceleration.models:
-        acceleration.models[key] = setup.model(self.unet)
+    if key not in acceleration.models:  # the U-Net as the loop calls it, its timestep and scalings per call tabled
+        acceleration.models[key] = PipelineDenoiser(self.unet, [("sample", {"return_dict": False}, "")], "none",
+                                                    None, setup, 0, 1.0)
     with torch.no_grad():
-        image = acceleration.sample(setup.solver, acceleration.models[key], noise * setup.init_noise_sigma,
-                                    setup.schedule.to(noise.device), None, generator)
+        plan_key = (key, noise.device)
+        if plan_key not in acceleration.plans:
+            acceleration.plans[plan_key] = Plan(setup.solver, setup.schedule.to(noise.device))
+        image = acceleration.sample(acceleration.plans[plan_key], acceleration.models[key],
+                                    noise * setup.init_noise_sigma, None, generator)
     image = (image / 2 + 0.5).clamp(0, 1)
     output_type = arguments["output_type"]
     if output_type != "pt":

@@ -29,6 +29,7 @@ SCHEDULE_SETTINGS = frozenset({"num_train_timesteps", "beta_start", "beta_end", 
                                "timestep_spacing", "steps_offset"})
 SIGMA_SETTINGS = frozenset({"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "sigma_min",
                             "sigma_max"})
+IDENTITY_ROW = torch.tensor([[0.0, 1.0]], dtype=torch.float64)  # [x, model output] -> the model output itself
 # settings without effect under the adapters' required values (thresholding off, no flow sigmas)
 INERT_SETTINGS = frozenset({"dynamic_thresholding_ratio", "sample_max_value", "clip_sample_range"})
 
@@ -106,6 +107,20 @@ class SchedulerAdapter:
         """What `scale_model_input` multiplies the sample by at each call (None: it returns the sample)."""
         return None
 
+    def network_scales(self, setup: "Setup") -> Tensor | None:
+        """Per call, the factor from the solver's state to the network's input (None: 1): EpsDenoiser's c_in =
+        1 / sqrt(sigma^2 + 1) for the sigma schedulers."""
+        return (self.call_levels(setup).double() ** 2 + 1).rsqrt()
+
+    def output_rows(self, setup: "Setup") -> Tensor:
+        """Per call, the row over [x, model output] that makes the solver's model output (float64, [calls, 2]):
+        EpsDenoiser's / VDenoiser's for the sigma schedulers, the output itself for the others."""
+        level = self.call_levels(setup).double()
+        if setup.prediction_type == "epsilon":
+            return torch.stack([torch.ones_like(level), -level], dim=1)
+        c_in = (level**2 + 1).rsqrt()
+        return torch.stack([c_in**2, -level * c_in], dim=1)
+
     def from_output(self, setup: "Setup", x: Tensor, output: Tensor, level: Tensor) -> Tensor:
         """A model output given to `step` (epsilon or v at the solver's level) as the solver's model output D, in
         the solver's space, as EpsDenoiser / VDenoiser make it: one lincomb."""
@@ -130,7 +145,6 @@ class DiscreteSigmas(SchedulerAdapter):
 
     def input_scales(self, setup: "Setup") -> Tensor | None:
         return (self.call_levels(setup).double() ** 2 + 1).rsqrt().float()
-
     def check(self, scheduler: Any) -> None:
         super().check(scheduler)
         if scheduler.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
@@ -221,6 +235,12 @@ class Timesteps(SchedulerAdapter):
     def from_output(self, setup: "Setup", x: Tensor, output: Tensor, level: Tensor) -> Tensor:
         return output  # the solver takes epsilon
 
+    def network_scales(self, setup: "Setup") -> Tensor | None:
+        return None
+
+    def output_rows(self, setup: "Setup") -> Tensor:
+        return IDENTITY_ROW.expand(len(setup.timesteps), 2)
+
 
 class DDIMAdapter(Timesteps):
     name, solver = "DDIMScheduler", "ddim"
@@ -291,6 +311,9 @@ class FlowMatchEuler(SchedulerAdapter):
 
     def from_output(self, setup: "Setup", x: Tensor, output: Tensor, level: Tensor) -> Tensor:
         return output  # the solver takes the velocity
+
+    network_scales = Timesteps.network_scales
+    output_rows = Timesteps.output_rows
 
 
 class TimestepModel(nn.Module):
