@@ -8,11 +8,10 @@ can reset themselves when they see a new run id.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 from torch import Tensor
 
@@ -46,11 +45,18 @@ def current_model_call() -> Optional[ModelCall]:
     return _current.get()
 
 
-@contextlib.contextmanager
-def model_call(call: ModelCall) -> Iterator[ModelCall]:
-    """Makes `call` the current one inside the block (the loop uses it; so can a hand-written sampling loop)."""
-    token = _current.set(call)
-    try:
-        yield call
-    finally:
-        _current.reset(token)
+class model_call:  # noqa: N801 - used as a function: `with fd.model_call(call):`
+    """Makes `call` the current one inside the block (the loop uses it; so can a hand-written sampling loop). A
+    class rather than a generator context manager: it runs around every model call (about 1 us instead of 3)."""
+
+    __slots__ = ("call", "token")
+
+    def __init__(self, call: ModelCall):
+        self.call = call
+
+    def __enter__(self) -> ModelCall:
+        self.token = _current.set(self.call)
+        return self.call
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)

@@ -118,8 +118,13 @@ class Run:
         self.calls.append((i, label))
         version = tensor_version(x)
         keep_graph = self.grad_steps is None or i in self.grad_steps
-        with model_call(context), torch.set_grad_enabled(torch.is_grad_enabled() and keep_graph):
-            out = checked_output(self.model(x, *inputs, **self.extra_args), x, lambda: self.where(i, label))
+        with model_call(context):
+            if keep_graph or not torch.is_grad_enabled():  # the common case: no grad mode to switch
+                output = self.model(x, *inputs, **self.extra_args)
+            else:
+                with torch.no_grad():
+                    output = self.model(x, *inputs, **self.extra_args)
+            out = checked_output(output, x, lambda: self.where(i, label))
         if not keep_graph and self.solver.model_output == "denoised" and x.requires_grad:
             out = ConstantNoise.apply(out, x)
         if version is not None and tensor_version(x) != version:
