@@ -95,6 +95,24 @@ def choose(device: torch.device) -> str:
     return automatic(device.type)
 
 
+_choices: dict[tuple[str, Optional[str]], Optional[str]] = {}
+
+
+def cached_choice(device: torch.device) -> Optional[str]:
+    """`choose(device)` remembered per (device type, forced backend): what a hot loop asks on every call (the
+    environment variable is still read each time, so setting it takes effect). None where `choose` raises."""
+    key = (device.type, _forced.get() or os.environ.get(ENV))
+    try:
+        return _choices[key]
+    except KeyError:
+        try:
+            name = choose(device)
+        except (RuntimeError, ValueError):
+            name = None
+        _choices[key] = name
+        return name
+
+
 @functools.cache
 def automatic(device: str) -> str:
     return next(name for name in AUTO_ORDER.get(device, ("torch",)) if unavailable(name, device) is None)
@@ -104,6 +122,7 @@ def clear_caches() -> None:
     """Forgets every availability answer (tests that fake the environment)."""
     for cached in (extension, triton_kernels, unavailable, automatic):
         cached.cache_clear()
+    _choices.clear()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._common import uniform_float_dtype
-from .availability import choose, extension, triton_kernels
+from .availability import cached_choice, choose, extension, triton_kernels
 from .spec import OpSpec
 
 
@@ -56,12 +56,8 @@ def counting() -> bool:
 
 def direct_extension(device: torch.device):
     """The C++/CUDA extension module when dispatch chooses it for `device` (the forced backend or the automatic
-    choice, read per call as `choose` does), else None."""
-    try:
-        backend = choose(device)
-    except (RuntimeError, ValueError):
-        return None  # the full path raises it, naming the cause
-    return extension()[0] if backend in ("cpp", "cuda") else None
+    choice), else None (also where the choice raises: the full path raises it, naming the cause)."""
+    return extension()[0] if cached_choice(device) in ("cpp", "cuda") else None
 
 
 def _launch(spec: OpSpec, backend: str, impl: Callable[..., Tensor], *args) -> Tensor:

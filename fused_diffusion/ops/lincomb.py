@@ -98,23 +98,39 @@ SPEC = OpSpec(
 def lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """out = sum_k coeffs[..., k] * inputs[k] in one launch; coeffs a device tensor [K] or per-sample [B, K].
 
-    Computes in float32 and stores in out's dtype (inputs[0]'s when out is None). out may be an input.
-
-    The common call of a sampling loop (a new output, float32 coefficients, supported data, no autograd, the C++ or
-    CUDA extension chosen) goes straight to the extension, whose own checks refuse what it cannot take: such a call
-    then takes the full path, whose checks name the argument. Host cost: about 5 us instead of 30 (measured with
-    timeit on this CPU for two [1, 16, 8, 8] inputs; bench_samplers.py overhead)."""
-    if out is None and not dispatch.counting() and isinstance(inputs, (list, tuple)) and inputs:
-        first = inputs[0]
-        if (isinstance(first, Tensor) and first.dtype in FLOAT_DTYPES and isinstance(coeffs, Tensor)
-                and coeffs.dtype == torch.float32
-                and not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs if isinstance(t, Tensor)))):
-            module = dispatch.direct_extension(first.device)
-            if module is not None:
-                result = torch.empty_like(first)
-                try:
-                    module.lincomb(list(inputs), coeffs, result)
-                    return result
-                except (RuntimeError, TypeError):
-                    pass  # what the extension cannot take: the full path takes it, or names the argument
+    Computes in float32 and stores in out's dtype (inputs[0]'s when out is None). out may be an input. A loop that
+    makes many calls on one device takes `lincomb_on(device)` once instead (the backend chosen once)."""
+    if out is None and isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Tensor):
+        return lincomb_on(inputs[0].device)(inputs, coeffs)
     return dispatch.call(SPEC, inputs, coeffs, out=out)
+
+
+def lincomb_on(device: torch.device) -> Callable[[Sequence[Tensor], Tensor], Tensor]:
+    """`lincomb(inputs, coeffs)` for tensors on `device`, with the backend chosen now: what a sampling run takes once.
+
+    Where the C++/CUDA extension is the choice, the common call (float32 coefficients, supported data, no autograd,
+    no launch counting) goes straight to it and the extension's own checks refuse what it cannot take: such a call,
+    and every other, then takes the full path, whose checks name the argument (or fall back to the torch reference).
+    Host cost of the common call: about 2 us (two [1, 4, 8, 8] inputs, this CPU; bench_samplers.py overhead)."""
+    module = dispatch.direct_extension(device)
+    if module is None:
+        return _full
+    extension_lincomb, empty_like, is_grad_enabled = module.lincomb, torch.empty_like, torch.is_grad_enabled
+
+    def launch(inputs: Sequence[Tensor], coeffs: Tensor) -> Tensor:
+        try:
+            first = inputs[0]
+            if (first.dtype in FLOAT_DTYPES and coeffs.dtype == torch.float32 and not dispatch.counting()
+                    and not (is_grad_enabled() and any(t.requires_grad for t in inputs))):
+                result = empty_like(first)
+                extension_lincomb(inputs, coeffs, result)
+                return result
+        except (RuntimeError, TypeError, AttributeError, IndexError):
+            pass  # what the extension cannot take: the full path takes it, or names the argument
+        return dispatch.call(SPEC, inputs, coeffs)
+
+    return launch
+
+
+def _full(inputs: Sequence[Tensor], coeffs: Tensor) -> Tensor:
+    return dispatch.call(SPEC, inputs, coeffs)

@@ -39,7 +39,25 @@ class DeviceTables:
             name: self.buffers[is_float][self.offsets[name] : self.offsets[name] + shape.numel()].view(shape)
             for name, (shape, is_float) in self.layout.items()
         }
+        # per-step views made once and reused by every run (indexing a tensor costs ~1 us a time on the host); they
+        # alias the buffers, so `load` updates them and a captured graph reads them by address
+        self._rows: dict[tuple[str, int], list[Tensor]] = {}
+        self._values: dict[tuple[str, int], list[Tensor]] = {}
         self.load(host)
+
+    def rows(self, name: str, width: int) -> list[Tensor]:
+        """Step i's row of table `name`, its leading `width` columns, at index i."""
+        rows = self._rows.get((name, width))
+        if rows is None:
+            rows = self._rows[name, width] = list(self.views[name][:, :width].unbind())
+        return rows
+
+    def values(self, name: str, batch: int) -> list[Tensor]:
+        """Step i's value of the 1-D table `name` broadcast over a batch, a [batch] view, at index i."""
+        values = self._values.get((name, batch))
+        if values is None:
+            values = self._values[name, batch] = [value.expand(batch) for value in self.views[name].unbind()]
+        return values
 
     def load(self, host: dict[str, Tensor]) -> None:
         """Writes new table values in place (same names and shapes), one host-to-device copy per buffer."""

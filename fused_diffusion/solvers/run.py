@@ -98,7 +98,7 @@ class Run:
 
     def value(self, name: str, i: int) -> Tensor:
         """Row i of table `name` broadcast over the batch: a [B] device tensor (no host sync)."""
-        return self.tables[name][i].expand(self.shape[0])
+        return self.tables.values(name, self.shape[0])[i]
 
     def where(self, i: int, name: str) -> str:
         """'step i (name=value)' for messages; a name that is no table (a predicted midpoint) is shown as is."""
@@ -176,7 +176,7 @@ class Run:
 
     def lincomb(self, name: str, i: int, *inputs: Tensor) -> Tensor:
         """One fused update: sum_k table[name][i, k] * inputs[k] (the row's leading len(inputs) columns)."""
-        return ops.lincomb(inputs, self.tables[name][i, : len(inputs)])
+        return ops.lincomb(inputs, self.tables.rows(name, len(inputs))[i])
 
     def noise(self, i: int, at: str | None = None) -> Tensor:
         """Fresh standard normal noise for step i: k-diffusion's noise_sampler(sigma, sigma_next) if given, with the
