@@ -7,12 +7,12 @@ from .blend_concat import SPEC as _BLEND_CONCAT
 from .blend_concat import blend_concat
 from .dispatch import OpLaunchCounter, count_op_launches
 from .lincomb import SPEC as _LINCOMB
-from .lincomb import lincomb
+from .lincomb import lincomb, lincomb_on
 from .skip_concat import SPEC as _SKIP_CONCAT
 from .skip_concat import skip_concat
 from .spec import OpSpec
 
 SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (_LINCOMB, _BLEND, _SKIP_CONCAT, _BLEND_CONCAT)}
 
-__all__ = ["OpLaunchCounter", "OpSpec", "SPECS", "backends", "blend", "blend_concat", "count_op_launches", "lincomb",
+__all__ = ["OpLaunchCounter", "OpSpec", "SPECS", "backends", "blend", "blend_concat", "count_op_launches", "lincomb", "lincomb_on",
            "skip_concat", "use_backend"]

@@ -20,8 +20,9 @@ from .. import ops
 from ..schedules import check_bool, check_count, check_real
 from .base import Solver, check_eta
 from .euler import ancestral_sigmas
-from .run import (Callback, NoiseSampler, Run, check_input, check_run_arguments, checked_noise, checked_output,
-                  tensor_version)
+from .model_calls import ModelCalls
+from .step_noise import NoiseSampler, checked_noise
+from .run import Callback, Run, check_input, check_run_arguments
 
 
 def _sigma(t: Tensor) -> Tensor:
@@ -286,20 +287,11 @@ def sample_dpm_adaptive(model: Callable[..., Any], x: Tensor, sigma_min: float, 
             f"cannot meet rtol={rtol}, atol={atol} with accept_safety={accept_safety}; raise rtol or atol, or lower "
             f"accept_safety{also}")
 
-    attempt_outputs: list[Tensor] = []  # every output of an attempt is read by its last lincombs
+    # an attempt is a step of its model calls: the outputs of the attempt so far are what its last lincombs read
+    calls = ModelCalls(model, extra_args, lambda attempt, label: f"dpm_adaptive attempt {attempt} ({label})")
 
     def denoise(u: Tensor, sigma: float) -> Tensor:
-        where = f"dpm_adaptive attempt {info['steps']} (sigma={sigma:.6g})"
-        version = tensor_version(u)
-        out = checked_output(model(u, x.new_full((x.shape[0],), sigma), **extra_args), u, where)
-        if version is not None and tensor_version(u) != version:
-            raise ValueError(f"{where}: the model modified its input x in place; compute on a copy")
-        if u is x:  # an attempt's first call
-            attempt_outputs.clear()
-        if any(out.data_ptr() == earlier.data_ptr() for earlier in attempt_outputs):
-            raise ValueError(f"{where}: the model returned the memory of an earlier output of this step (it reuses "
-                             "one output buffer); return a new tensor from each call, e.g. .clone() it")
-        attempt_outputs.append(out)
+        out = calls.call(u, info["steps"], f"sigma={sigma:.6g}", x.new_full((x.shape[0],), sigma))
         pbar.update()
         return out
 
