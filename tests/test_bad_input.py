@@ -93,6 +93,24 @@ class TestNonFiniteIsBlamedOnItsSource:
         with pytest.raises(ValueError, match=r"extra_args\['shift'\] contains NaN or inf"):
             fd.sample_euler(conditioned, noise, schedule(), extra_args={"shift": shift}, disable=True)
 
+    def test_inputs_checked_together_name_the_one_with_nan(self, gmm, noise):
+        def conditioned(x, sigma, shift, scale):
+            return gmm(x * scale + shift, sigma)
+
+        shift, scale = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+        scale[3] = float("nan")
+        with pytest.raises(ValueError, match=r"extra_args\['scale'\] contains NaN or inf"):
+            fd.sample_euler(conditioned, noise, schedule(), extra_args={"shift": shift, "scale": scale}, disable=True)
+
+    def test_finite_inputs_whose_sum_overflows_are_not_refused(self, gmm, noise):
+        huge = torch.full((4,), 1e308, dtype=torch.float64)  # together they sum past the largest float
+
+        def conditioned(x, sigma, a, b):
+            return gmm(x, sigma)
+
+        out = fd.sample_euler(conditioned, noise, schedule(), extra_args={"a": huge, "b": huge}, disable=True)
+        assert torch.equal(out, fd.sample_euler(gmm, noise, schedule(), disable=True))
+
     def test_nan_from_the_noise_sampler(self, gmm, noise):
         with pytest.raises(FloatingPointError, match="noise_sampler returned non-finite values at step 0"):
             fd.sample_euler_ancestral(gmm, noise, schedule(), disable=True,

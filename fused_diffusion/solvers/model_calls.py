@@ -56,12 +56,19 @@ class ModelCalls:
             self._step_outputs.clear()
         version = None if x.is_inference() else x._version  # inference tensors keep no version (reading it raises)
         keep_graph = self.grad_steps is None or i in self.grad_steps
-        if self.n_steps is None:
-            output = self._model(x, inputs, keep_graph)
-        else:
-            with model_call(ModelCall(self.run_id, len(made), i, self.n_steps, self._in_step, label,
-                                      inputs[0] if inputs else None)):
-                output = self._model(x, inputs, keep_graph)
+        context = None if self.n_steps is None else model_call(
+            ModelCall(self.run_id, len(made), i, self.n_steps, self._in_step, label, inputs[0] if inputs else None))
+        if context is not None:
+            context.__enter__()
+        try:
+            if keep_graph or not torch.is_grad_enabled():  # the common case: no grad mode to switch
+                output = self.model(x, *inputs, **self.extra_args)
+            else:
+                with torch.no_grad():
+                    output = self.model(x, *inputs, **self.extra_args)
+        finally:
+            if context is not None:
+                context.__exit__()
         made.append((i, label))
         out = checked_output(output, x, lambda: self.describe(i, label))
         if not keep_graph and self.constant_noise and x.requires_grad:
@@ -70,21 +77,16 @@ class ModelCalls:
             raise ValueError(f"{self.describe(i, label)}: the model modified its input x in place; the solver still "
                              "reads x, so the result would be wrong: compute on a copy (x = x * c, not x.mul_(c))")
         memory = out.data_ptr()
-        if any(t.data_ptr() == memory for t in self._step_outputs) or any(t.data_ptr() == memory for t in self.still_read):
-            raise ValueError(
-                f"{self.describe(i, label)}: the model returned the memory of an earlier output that the solver still "
-                "reads (it reuses one output buffer), which this call has overwritten; return a new tensor from each "
-                "call, e.g. wrap it: lambda x, sigma, **kw: model(x, sigma, **kw).clone()")
+        for earlier in (*self._step_outputs, *self.still_read):
+            if earlier.data_ptr() == memory:
+                raise ValueError(
+                    f"{self.describe(i, label)}: the model returned the memory of an earlier output that the solver "
+                    "still reads (it reuses one output buffer), which this call has overwritten; return a new tensor "
+                    "from each call, e.g. wrap it: lambda x, sigma, **kw: model(x, sigma, **kw).clone()")
         self._step_outputs.append(out)
         if self.finite is not None:
             self.finite.watch(out, Source.MODEL, i, label)
         return out
-
-    def _model(self, x: Tensor, inputs: tuple[Tensor, ...], keep_graph: bool) -> Any:
-        if keep_graph or not torch.is_grad_enabled():  # the common case: no grad mode to switch
-            return self.model(x, *inputs, **self.extra_args)
-        with torch.no_grad():
-            return self.model(x, *inputs, **self.extra_args)
 
     def replay_step(self, i: int) -> None:
         """Forgets step i's calls, so the step can run again from its start with the same outputs (a caller that

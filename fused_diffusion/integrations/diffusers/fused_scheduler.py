@@ -84,7 +84,7 @@ class FusedScheduler:
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._setup: Setup | None = None
-        self._setups: dict[Any, Setup] = {}
+        self._tables: dict[Any, tuple] = {}
         self._begin_index: int | None = None
 
     @classmethod
@@ -142,27 +142,37 @@ class FusedScheduler:
         if num_inference_steps is None:
             raise TypeError("set_timesteps needs num_inference_steps (or custom sigmas / timesteps)")
         num_inference_steps = check_count("num_inference_steps", num_inference_steps)
-        key = (num_inference_steps, _options_key(options))
-        if key not in self._setups:  # made once per configuration (a pipeline sets its timesteps every call)
-            self._setups[key] = from_diffusers(self.reference, num_inference_steps, **options)
-        setup = self._setups[key]
+        key = (num_inference_steps, _options_key(options), device)
+        if key not in self._tables:  # made once per configuration and device (a pipeline sets its timesteps every call)
+            self._tables[key] = self._make_tables(num_inference_steps, options, device)
         self.reference.set_timesteps(num_inference_steps, **options)  # for init_noise_sigma and add_noise
-        self._setup, self.num_inference_steps = setup, num_inference_steps
-        self.timesteps = self.reference.timesteps.to(device)
-        self._host_timesteps = self.reference.timesteps.detach().to("cpu", torch.float64)
-        self._schedule = setup.schedule.to(device)
-        self._levels = self.adapter.call_levels(setup).to(device)
-        steps = setup.solver.num_steps(setup.schedule)
-        scales = torch.tensor([setup.latent_scale(i) for i in range(steps + 1)])
-        self._into_solver, self._out_of_solver = scales[:-1].to(device), (1 / scales[1:]).to(device)
-        input_scales = self.adapter.input_scales(setup)
-        self._input_scales = None if input_scales is None else input_scales.to(device)
+        self.num_inference_steps = num_inference_steps
+        (self._setup, self.timesteps, self._host_timesteps, self._timestep_index, self._schedule, self._into_solver,
+         self._out_of_solver, self._input_scales) = self._tables[key]
         self._run: run.Run | None = None
         self._eta: Any = None
         self._begin_index = None
         self._call = 0  # the next model call, an index into timesteps
         self._outputs: list[Tensor] = []  # the model outputs of the step under way (a multi-call step)
         self._step_start: Tensor | None = None  # that step's x in the solver's space
+
+    def _make_tables(self, num_inference_steps: int, options: dict[str, Any], device: torch.device) -> tuple:
+        """(setup, timesteps, timesteps on the host in float64, each timestep's first call, schedule, the factors
+        into and out of the solver's space per step, the model input's per call or None) for one configuration, on
+        `device`."""
+        setup = from_diffusers(self.reference, num_inference_steps, **options)
+        self.reference.set_timesteps(num_inference_steps, **options)
+        timesteps = self.reference.timesteps
+        steps = setup.solver.num_steps(setup.schedule)
+        scales = torch.tensor([setup.latent_scale(i) for i in range(steps + 1)])
+        input_scales = self.adapter.input_scales(setup)
+        host = timesteps.detach().to("cpu", torch.float64)
+        first_calls = {}
+        for call, value in enumerate(host.tolist()):
+            first_calls.setdefault(value, call)
+        return (setup, timesteps.to(device), host, first_calls, setup.schedule.to(device),
+                scales[:-1].to(device), (1 / scales[1:]).to(device),
+                None if input_scales is None else input_scales.to(device))
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
         """The Euler family: the model sees x / sqrt(sigma^2 + 1) at the current call; the others: x itself."""
@@ -181,12 +191,15 @@ class FusedScheduler:
             return self._begin_index
         if timestep is None:
             return 0
-        value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: once per run
-        found = (self._host_timesteps == value).nonzero()
-        if not len(found):
+        if isinstance(timestep, Tensor) and timestep.dim() == 0:  # what pipelines pass: one host read
+            value = timestep.item()  # sync-ok: once per run
+        else:
+            value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: once per run
+        found = self._timestep_index.get(value)
+        if found is None:
             listed = ", ".join(f"{t:g}" for t in self._host_timesteps.tolist())
             raise ValueError(f"timestep {value:g} is not one of this run's timesteps [{listed}]")
-        return int(found[0])
+        return found
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor, eta: float | None = None,
              use_clipped_model_output: bool = False, generator: torch.Generator | None = None,

@@ -105,45 +105,66 @@ class PipelineDenoiser(nn.Module):
         self.rows = setup.adapter.output_rows(setup)  # [calls, 2] over [x, network output], float64
         self.reads_x = bool((self.rows[:, 0] != 0).any())  # the flow and timestep schedulers take the output itself
         self.combine = torch.empty(len(self.rows), 3 if guidance != "none" else 2)
+        self.scale: float | None = None
         self.set_scale(scale)
+        self._prepared: tuple | None = None
+        # [ids of the conditioning tensors, each network call's kwargs]: a list changed in place, since setting a
+        # Module attribute costs ~5 us
+        self._kwargs_for: list[Any] = [None, None]
 
     def set_scale(self, scale: float) -> None:
         """The guidance scale, written into the combine table in place (a captured graph replays it)."""
+        if scale == self.scale:
+            return
+        self.scale = scale
         x_row, out_row = self.rows[:, 0], self.rows[:, 1]
         table = self.rows if self.guidance == "none" else torch.stack([x_row, out_row * (1 - scale), out_row * scale], 1)
         self.combine.copy_(table)
 
-    def _on(self, device: torch.device) -> None:
-        if self.combine.device != device:  # moved once, in eager mode or a graph's warm-up
-            self.combine, self.timesteps = self.combine.to(device), self.timesteps.to(device)
-            self.scales = None if self.scales is None else self.scales.to(device)
+    def _prepare(self, x: Tensor) -> None:
+        """The per-call rows as views made once per device, dtype and batch (indexing a table costs ~1 us on the
+        host, every call), and the kwargs of each network call once per set of conditioning tensors."""
+        key = (x.device, x.dtype, len(x))
+        if self._prepared == key:
+            return
+        self.combine, self.timesteps = self.combine.to(x.device), self.timesteps.to(x.device)
+        timesteps = self.timesteps if self.timestep_divisor is None else (
+            self.timesteps.to(x.dtype) / self.timestep_divisor)
+        batch = 2 * len(x) if self.guidance == "batched" else len(x)
+        self._timestep_rows = list(timesteps[:, None].expand(-1, batch).unbind())
+        self._combine_rows, self._output_rows = list(self.combine.unbind()), list(self.combine[:, 1:].unbind())
+        self._scale_rows = None if self.scales is None else list(self.scales.to(x.device).unbind())
+        self._lincomb = ops.lincomb_on(x.device)
+        self._prepared = key
+
+    def _network_kwargs(self, tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
+        """Each network call's keyword arguments but the sample and timestep, nested as the network takes them; made
+        again only for other conditioning tensors (compared by identity: the kept ones stay alive, so no id repeats)."""
+        ids = tuple(map(id, tensors.values()))
+        if ids != self._kwargs_for[0]:
+            kwargs = []
+            for _, constants, prefix in self.calls:
+                own = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+                kwargs.append(_unflatten({**constants, **own}))
+            self._kwargs_for[:] = ids, kwargs
+        return self._kwargs_for[1]
 
     def forward(self, x: Tensor, level: Tensor, **tensors: Tensor) -> Tensor:
-        self._on(x.device)
+        self._prepare(x)
         k = current_model_call().index + self.first_call
-        x_in = x if self.scales is None else ops.lincomb([x], self.scales[k])
-        batch = 2 * len(x) if self.guidance == "batched" else len(x)
-        timestep = self.timesteps[k].expand(batch)
-        if self.timestep_divisor is not None:
-            timestep = timestep.to(x.dtype) / self.timestep_divisor
+        x_in = x if self._scale_rows is None else self._lincomb([x], self._scale_rows[k])
         sample = torch.cat([x_in, x_in]) if self.guidance == "batched" else x_in
-        outputs = []
-        for sample_name, constants, prefix in self.calls:
-            if prefix:  # this call's conditioning tensors, nested as the network takes them
-                own = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
-                kwargs = _unflatten({**constants, **own})
-            else:
-                kwargs = dict(constants)
-            kwargs[sample_name], kwargs["timestep"] = sample, timestep
-            output = _first(self.network(**kwargs))
+        timestep, outputs = self._timestep_rows[k], []
+        for (sample_name, _, _), kwargs in zip(self.calls, self._network_kwargs(tensors)):
+            output = _first(self.network(**kwargs, **{sample_name: sample, "timestep": timestep}))
             outputs.append(output if output.dtype == x.dtype else output.to(x.dtype))
         if self.guidance == "batched":  # [uncond, cond]
             outputs = list(outputs[0].chunk(2))
         elif self.guidance == "separate":  # (positive, negative): as (uncond, cond) = (negative, positive)
             outputs = outputs[::-1]
         if not self.reads_x:
-            return outputs[0] if len(outputs) == 1 else ops.lincomb(outputs, self.combine[k, 1:])
-        return ops.lincomb([x, *outputs], self.combine[k])
+            return outputs[0] if len(outputs) == 1 else self._lincomb(outputs, self._output_rows[k])
+        return self._lincomb([x, *outputs], self._combine_rows[k])
 
 
 def _first(output: Any) -> Tensor:
@@ -228,12 +249,34 @@ class Acceleration:
         return adapter_of(self.reference).solver
 
     @functools.cached_property
-    def forward_signature(self) -> inspect.Signature:
-        return inspect.signature(type(self.network).forward)
+    def forward_parameters(self) -> list[str]:
+        """The network forward's parameter names after self, in order (the first is the sample)."""
+        return list(inspect.signature(type(self.network).forward).parameters)[1:]
 
     @functools.cached_property
     def call_signature(self) -> inspect.Signature:
         return inspect.signature(self.original_class.__call__)
+
+    @functools.cached_property
+    def _call_parameters(self) -> dict[str, tuple[int | None, Any]]:
+        """The pipeline call's parameters: name -> (position after self, None for keyword-only; default or None)."""
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        parameters = list(self.call_signature.parameters.values())[1:]
+        return {p.name: (index if p.kind in positional else None, None if p.default is p.empty else p.default)
+                for index, p in enumerate(parameters)}
+
+    def call_arguments(self, args: tuple, kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+        """The values of `names` in a pipeline call, defaults applied, as its __call__ binds them: read off args and
+        kwargs (binding the whole signature costs ~50 us a call); names the call neither has nor was given are left
+        out."""
+        parameters, found = self._call_parameters, {}
+        for name in names:
+            if name in kwargs:
+                found[name] = kwargs[name]
+            elif name in parameters:
+                position, default = parameters[name]
+                found[name] = args[position] if position is not None and position < len(args) else default
+        return found
 
     def check_pipeline(self, pipe: Any) -> None:
         """The pipeline still holds the network and scheduler it was accelerated with (the models and samplers built
@@ -253,13 +296,16 @@ class Acceleration:
         if not self.probing:
             forward = self.original_forward or type(self.network).forward.__get__(self.network)
             return forward(*args, **kwargs)
-        bound = self.forward_signature.bind(self.network, *args, **kwargs)
-        arguments = {k: (dict(v) if isinstance(v, dict) else v) for k, v in bound.arguments.items() if k != "self"}
-        arguments.update(arguments.pop("kwargs", {}))
+        names = self.forward_parameters
+        if len(args) > len(names):
+            raise TypeError(f"{type(self.network).__name__}.forward takes {len(names)} arguments, got {len(args)}")
+        # by name, as bound to the forward's signature (the sample first); dicts copied, the pipeline may change them
+        arguments = {name: value for name, value in zip(names, args)}
+        arguments.update(kwargs)
+        arguments = {names[0]: arguments.pop(names[0]), **{k: (dict(v) if isinstance(v, dict) else v)
+                                                             for k, v in arguments.items()}}
         self.probes.append(arguments)
-        sample = next(iter(arguments.values()))
-        zeros = torch.zeros_like(sample)
-        return _ZeroOutput((zeros,))
+        return _ZeroOutput((torch.zeros_like(arguments[names[0]]),))
 
     def network_model(self, setup: Setup, latents: Tensor, first_call: int) -> tuple[Any, dict[str, Tensor]]:
         """(the solver's model, its tensor arguments) from the calls the loop's first iteration made."""
@@ -311,10 +357,11 @@ class Acceleration:
         model, tensors = self.network_model(setup, latents, start)
         self.probing = False  # the loop's own network calls run the network
         try:
-            x = self.sample(self.plans[key], model, latents * setup.latent_scale(first), tensors, generator)
+            into, out_of = setup.latent_scale(first), setup.latent_scale(first + steps)
+            x = self.sample(self.plans[key], model, latents if into == 1 else latents * into, tensors, generator)
         finally:
             self.probing = True  # the pipeline's remaining iterations, if it has no interrupt, cost nothing
-        return x / setup.latent_scale(first + steps)
+        return x if out_of == 1 else x / out_of
 
     def sample(self, plan: Plan, model: Any, x: Tensor, extra_args: dict[str, Any] | None, generator: Any,
                callback: run.Callback | None = None) -> Tensor:
@@ -369,8 +416,10 @@ def _conditional_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """An accelerated conditional pipeline's __call__: the pipeline's own, its loop run by this library."""
     acceleration: Acceleration = self._fd_acceleration
     acceleration.check_pipeline(self)
-    arguments, signature = _bound_arguments(self, args, kwargs)
-    refused = sorted(name for name in acceleration.family.unsupported
+    family, signature = acceleration.family, acceleration.call_signature
+    names = (*family.unsupported, *STEPWISE_ARGUMENTS, "denoising_end", *filter(None, (family.separate_cfg,)))
+    arguments = acceleration.call_arguments(args, kwargs, names)
+    refused = sorted(name for name in family.unsupported
                      if name in arguments and not _is_default(arguments[name], signature.parameters.get(name)))
     if refused:
         raise ValueError(f"an accelerated {acceleration.original_class.__name__} does not take {refused} (they "
