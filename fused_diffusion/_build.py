@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CPP_SOURCES = ["csrc/lincomb.cpp", "csrc/concat.cpp", "csrc/bindings.cpp"]
+CPP_SOURCES = ["csrc/lincomb.cpp", "csrc/concat.cpp", "csrc/library.cpp", "csrc/bindings.cpp"]
 CUDA_SOURCES = ["csrc/cuda/lincomb.cu", "csrc/cuda/concat.cu"]
 OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 CXX_FLAGS = ["-O3", *OPENMP]

@@ -29,7 +29,12 @@ def extension() -> tuple[Optional[ModuleType], str]:
         from fused_diffusion import _ext
     except ImportError as e:
         return None, f"fused_diffusion._ext is missing ({e})"
-    return _ext.load()
+    module, how = _ext.load()
+    if module is not None:  # importing it defined torch.ops.fused_diffusion.*: their fake kernels and autograd
+        from . import library
+
+        library.register(module)
+    return module, how
 
 
 @functools.cache

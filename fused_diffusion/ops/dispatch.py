@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._common import uniform_float_dtype
 from .availability import cached_choice, choose, extension, triton_kernels
+from . import library
 from .spec import OpSpec
 
 
@@ -78,6 +79,8 @@ def implementation(spec: OpSpec, backend: str) -> Callable[..., Tensor]:
 def call(spec: OpSpec, *args, out: Optional[Tensor] = None) -> Tensor:
     """Runs `spec` on the public arguments `args` (and `out`), on the backend dispatch chooses."""
     op = spec.prepare(*args, out=out)
+    if torch.compiler.is_compiling():
+        return _traced(spec, op, out)
     backend = choose(op.data[0].device)
     if backend == "triton" and op.data[0].dtype == torch.bfloat16 and triton_kernels()[1] == "interpreted":
         backend = "torch"  # TRITON_INTERPRET mis-loads bf16 (1.5e-2 relative error): the exact reference instead
@@ -89,3 +92,12 @@ def call(spec: OpSpec, *args, out: Optional[Tensor] = None) -> Tensor:
         result = spec.autograd(launch, *op.args)
         return result if out is None else out.copy_(result)
     return launch(*op.args, spec.new_out(*op.args) if out is None else out)
+
+
+def _traced(spec: OpSpec, op, out: Optional[Tensor]) -> Tensor:
+    """A call traced by torch.compile: the extension's custom op where its kernels take the call (one node, no graph
+    break: inductor keeps it a kernel call), else the torch reference (which inductor fuses itself). The extension
+    must have been loaded before tracing (any eager call, or `fused_diffusion.ops.backends()`)."""
+    if op.data[0].device.type in library.devices and uniform_float_dtype(op.data):
+        return library.call(spec.name, *op.args, out=out)
+    return spec.reference(*op.args, out)
