@@ -7,7 +7,7 @@ callback, and the solver's memory of earlier steps (`history`). Solvers read it 
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Container
+from typing import Any, Callable, Container, Hashable
 
 import torch
 from torch import Tensor
@@ -179,6 +179,37 @@ def check_input(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must hold data, got a tensor on the meta device")
 
 
+_plans: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
+PLANS_KEPT = 32
+
+
+def cached_plan(solver: Solver, schedule: Tensor, stop: int | None = None) -> Plan:
+    """Plan(solver, schedule, stop), kept for the next call with the same solver settings, schedule values and stop:
+    a k-diffusion-style `sample_*` call makes a new plan each time, and its tables and checks (~200 us) cost more than
+    a small run's steps. A solver holding more than plain settings (a learned predictor), or a schedule that needs
+    gradients, gets a new plan each call. The last PLANS_KEPT plans are kept."""
+    settings = solver.graph_key() if isinstance(solver, Solver) else None
+    if not (isinstance(schedule, Tensor) and schedule.dim() == 1 and schedule.device.type in ("cpu", "cuda")
+            and not schedule.requires_grad and _plain(settings)):  # else Plan takes it, or names what is wrong
+        return Plan(solver, schedule, stop)
+    key = (settings, schedule.dtype, schedule.device, tuple(schedule.tolist()), stop)  # sync-ok: Plan reads it too
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = Plan(solver, schedule, stop)
+        if len(_plans) > PLANS_KEPT:
+            _plans.popitem(last=False)
+    else:
+        _plans.move_to_end(key)
+    return plan
+
+
+def _plain(value: Any) -> bool:
+    """Numbers, strings, None and tuples of them: values whose equality is their content."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 @torch.no_grad()  # as k-diffusion's samplers: no autograd graph over the loop
 def sample(
     solver: Solver | Plan,
@@ -199,7 +230,7 @@ def sample(
     stop: run only the first `stop` steps (Plan). A Plan given as `solver` (made once, reused) brings its schedule
     and stop (`schedule` is then None)."""
     check_input(x)
-    plan = solver if isinstance(solver, Plan) else Plan(solver, schedule, stop)
+    plan = solver if isinstance(solver, Plan) else cached_plan(solver, schedule, stop)
     run = Run(plan, model, x, extra_args=extra_args, callback=callback, noise_sampler=noise_sampler,
               generator=generator, check_finite=check_finite, k_diffusion_rng=k_diffusion_rng)
     x = run_steps(run, x, disable)
