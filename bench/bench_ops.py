@@ -2,6 +2,7 @@
 
     python bench/bench_ops.py            # full sweep, 64 KB .. 512 MB outputs, fp16 / bf16 / fp32
     python bench/bench_ops.py --quick    # a reduced sweep
+    python bench/bench_ops.py --ops lincomb2 --dtypes fp16 --sizes 67108864   # one op / dtype / size
 
 Writes bench/results/ops_<gpu>.csv (one row per op / dtype / size / implementation, with the GPU name,
 torch and triton versions and the command line) and a plot ops_<gpu>.png next to it, and prints the
@@ -28,6 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SIZES = [2**k for k in range(16, 30, 2)] + [2**29]  # output bytes: 64 KB, 256 KB, ..., 256 MB, 512 MB
 QUICK_SIZES = [2**16, 2**22, 2**26]
+OPS = ["lincomb2", "lincomb4", "blend", "skip_concat", "blend_concat"]
 
 
 def time_ms(fn: Callable[[], object]) -> float:
@@ -156,6 +158,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 sizes, fp16 + fp32, fewer ops")
+    parser.add_argument("--ops", nargs="+", choices=OPS, help="these ops instead (default: all, or --quick's)")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="these dtypes instead")
+    parser.add_argument("--sizes", nargs="+", type=int, metavar="BYTES", help="these output sizes (bytes) instead")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -166,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda"
     info = ops.backends()
     backends = [b for b in ("triton", "cuda") if b in info["available"]]
-    op_names = ["lincomb2", "lincomb4", "blend", "skip_concat", "blend_concat"]
+    op_names = OPS
     dtypes, sizes = list(DTYPES), SIZES
     if args.quick:
         op_names, dtypes, sizes = ["lincomb2", "lincomb4", "skip_concat"], ["fp16", "fp32"], QUICK_SIZES
+    op_names, dtypes, sizes = args.ops or op_names, args.dtypes or dtypes, args.sizes or sizes
     gpu = torch.cuda.get_device_name()
     meta = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
             "command": shlex.join([sys.executable, *sys.argv])}
