@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from ..context import current_model_call
 from ..schedules import check_count, check_real
-from .hooks import (CachedOutputHook, ModelHook, NoCopy, UpBlockHook, check_unet, hook_of, registry,
+from .hooks import (ModelHook, NoCopy, UpBlockHook, check_unet, hook_of, registry,
                     release_up_block_hooks, remove, up_block_hooks)
-from .up_blocks import UP_BLOCKS
+from .up_blocks import UP_BLOCKS, run_up_block
 
 # the parts of a down block that lie below a layer-level cache point (used exactly once per forward)
 _DOWN_TAIL = ("downsamplers", "resnet_down", "skip_conv")
@@ -198,6 +199,72 @@ class DeepCacheUNetHook(NoCopy, ModelHook):
         return module
 
 
+class CachedOutputHook(NoCopy, ModelHook):
+    """DeepCache on a down block, mid block or down-block layer deeper than the cache point: computed and stored on
+    full calls, the stored output returned on shallow calls."""
+
+    NAME = "fused_diffusion.deepcache"
+
+    def __init__(self, state: DeepCacheState, name: str):
+        super().__init__()
+        self.state, self.name = state, name
+
+    def graph_key(self) -> Hashable:
+        return ("deepcache_cached", self.name)
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.state.full:
+            return self.state.store(self.name, self.fn_ref.original_forward(*args, **kwargs))
+        return self.state.fetch(self.name)
+
+
+class CachedUpBlock:
+    """An up block deeper than the cache point: run (and its output stored) on full calls, the stored output
+    returned on shallow calls."""
+
+    def __init__(self, state: DeepCacheState, name: str):
+        self.state, self.name = state, name
+
+    def graph_key(self) -> Hashable:
+        return ("deepcache_cached",)
+
+    def forward(self, module: nn.Module, bound: Any, hook: UpBlockHook) -> Any:
+        if self.state.full:
+            return self.state.store(self.name, run_up_block(module, bound, hook.concat))
+        return self.state.fetch(self.name)
+
+
+class CacheEntry:
+    """The up block at the cache point: full calls run it whole and record the feature entering resnet `start`
+    (blended with the previous one when configured); shallow calls enter resnet `start` with the stored feature,
+    read through the fused concat."""
+
+    def __init__(self, state: DeepCacheState, start: int):
+        self.state, self.start = state, start
+
+    def graph_key(self) -> Hashable:
+        return ("deepcache_entry", self.start)
+
+    def forward(self, module: nn.Module, bound: Any, hook: UpBlockHook) -> Any:
+        state = self.state
+        if not state.full:
+            return run_up_block(module, bound, hook.concat, start=self.start, entry=state.entry())
+        previous = state.entry_before()
+        concat = hook.concat
+        if previous is not None and state.config.blend is not None:
+            concat = self.blending_concat(hook, previous)
+        return run_up_block(module, bound, concat, record_at=self.start, record=state.store_entry)
+
+    def blending_concat(self, hook: UpBlockHook, previous: Tensor):
+        """The concat at the cache point on a full call: w * fresh + (1 - w) * stored, then the skip, one launch."""
+        def concat(j: int, h: Tensor, skip: Tensor) -> Tensor:
+            if j != self.start:
+                return hook.concat(j, h, skip)
+            return ops.blend_concat(h, previous, self.state.blend_on(h.device), skip, hook.rho(j, h.device))
+
+        return concat
+
+
 class DeepCacheHandle:
     """Returned by `enable_deepcache`: `disable()` restores the U-Net (once; a handle whose DeepCache was already
     disabled, or replaced by a later enable, changes nothing); `reset()` restarts the own call count of a
@@ -223,8 +290,8 @@ class DeepCacheHandle:
             remove(module, CachedOutputHook.NAME)
         for block in self.unet.up_blocks:
             hook = hook_of(block, UpBlockHook.NAME)
-            if hook is not None and hook.deepcache is self.state:
-                hook.deepcache, hook.role, hook.start = None, None, 0
+            if hook is not None and hook.cache is not None and hook.cache.state is self.state:
+                hook.cache = None
         release_up_block_hooks(self.unet)
         remove(self.unet, DeepCacheUNetHook.NAME)
 
@@ -262,9 +329,9 @@ def apply_deepcache(unet: nn.Module, config: DeepCacheConfig) -> DeepCacheHandle
     hooks = up_block_hooks(unet)
     for u, hook in enumerate(hooks):
         if u < n_up - 1 - block:
-            hook.deepcache, hook.role = state, "cached"
+            hook.cache = CachedUpBlock(state, hook.name)
         elif u == n_up - 1 - block:
-            hook.deepcache, hook.role, hook.start = state, "entry", layers - 1 - layer
+            hook.cache = CacheEntry(state, layers - 1 - layer)
     registry(unet).register_hook(DeepCacheUNetHook(state, (block, layer)), DeepCacheUNetHook.NAME)
     return DeepCacheHandle(unet, state, cached)
 

@@ -1,8 +1,10 @@
-"""The diffusers hooks (`diffusers.hooks.ModelHook` in a `HookRegistry`) that carry Skip-Tuning and DeepCache into
-a U-Net's blocks, and their removal that leaves the modules as they were."""
+"""The diffusers hooks (`diffusers.hooks.ModelHook` in a `HookRegistry`) that carry the U-Net methods into a U-Net's
+blocks, and their removal that leaves the modules as they were. The up-block hook knows the methods only through two
+small interfaces, so it imports none of them: the skip scales Skip-Tuning sets (`SkipScales`) and the way DeepCache
+runs a block (`UpBlockCache`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -10,9 +12,7 @@ from torch import Tensor, nn
 from .. import ops
 from .up_blocks import bind_arguments, run_up_block, skip_counts, up_block_kind
 
-if TYPE_CHECKING:
-    from .deepcache import DeepCacheState
-    from .skip_tuning import SkipTuning
+Concat = Callable[[int, Tensor, Tensor], Tensor]  # concat(j, h, skip): an up block's j-th skip concatenation
 
 
 def _model_hook_base():
@@ -69,78 +69,55 @@ class NoCopy:
                         "original's blocks): disable() the handles, copy, then enable the methods on each U-Net")
 
 
+class SkipScales(Protocol):
+    """What scales the skip connections (Skip-Tuning): one rho per skip of the U-Net, in its skip order."""
+
+    def rho_on(self, device: torch.device) -> Tensor: ...
+
+    def graph_key(self) -> Hashable: ...
+
+
+class UpBlockCache(Protocol):
+    """How a cache runs an up block (DeepCache: a block deeper than the cache point, or the cache point itself);
+    `state` is the cache it belongs to (a handle removes only its own)."""
+
+    state: Any
+
+    def forward(self, module: nn.Module, bound: Any, hook: "UpBlockHook") -> Any: ...
+
+    def graph_key(self) -> Hashable: ...
+
+
 class UpBlockHook(NoCopy, ModelHook):
-    """Owns an up block's forward: every skip concatenation is one fused launch, scaled by Skip-Tuning's rho when
-    that is on; with DeepCache the block is either deeper than the cache point (`role="cached"`: recomputed on full
-    calls, its output reused on shallow ones) or the cache point (`role="entry"`: shallow calls enter resnet `start`
-    with the stored feature, read through the fused concat)."""
+    """Owns an up block's forward: every skip concatenation is one fused launch, scaled by `skip_scales` when set;
+    with a `cache` set, the cache runs the block (with this hook's concat)."""
 
     NAME = "fused_diffusion.up_block"
 
     def __init__(self, name: str, offset: int):
         super().__init__()
         self.name, self.offset = name, offset  # offset: this block's first skip in the U-Net's skip order
-        self.skip_tuning: Optional[SkipTuning] = None
-        self.deepcache: Optional[DeepCacheState] = None
-        self.role: Optional[str] = None
-        self.start = 0
+        self.skip_scales: Optional[SkipScales] = None
+        self.cache: Optional[UpBlockCache] = None
 
     def graph_key(self) -> Hashable:
-        return (self.skip_tuning is not None and self.skip_tuning.graph_key(), self.role, self.start)
+        return (self.skip_scales and self.skip_scales.graph_key(), self.cache and self.cache.graph_key())
 
     def idle(self) -> bool:
-        return self.skip_tuning is None and self.deepcache is None
+        return self.skip_scales is None and self.cache is None
+
+    def rho(self, j: int, device: torch.device) -> Tensor:
+        """The scale of this block's j-th skip: a device scalar."""
+        return _one(device) if self.skip_scales is None else self.skip_scales.rho_on(device)[self.offset + j]
 
     def concat(self, j: int, h: Tensor, skip: Tensor) -> Tensor:
-        if self.skip_tuning is None:
-            return ops.skip_concat(h, skip, _one(h.device))
-        return ops.skip_concat(h, skip, self.skip_tuning.rho_on(h.device)[self.offset + j])
+        return ops.skip_concat(h, skip, self.rho(j, h.device))
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         bound = bind_arguments(module, args, kwargs)
-        state = self.deepcache
-        if state is None:
+        if self.cache is None:
             return run_up_block(module, bound, self.concat)
-        if self.role == "cached":
-            if state.full:
-                return state.store(self.name, run_up_block(module, bound, self.concat))
-            return state.fetch(self.name)
-        if state.full:
-            previous = state.entry_before()
-            concat = self.concat
-            if previous is not None and state.config.blend is not None:
-                concat = self.blending_concat(previous, state)
-            return run_up_block(module, bound, concat, record_at=self.start, record=state.store_entry)
-        return run_up_block(module, bound, self.concat, start=self.start, entry=state.entry())
-
-    def blending_concat(self, previous: Tensor, state: "DeepCacheState"):
-        """The concat at the cache point on a full call: w * fresh + (1 - w) * stored, then the skip, one launch."""
-        def concat(j: int, h: Tensor, skip: Tensor) -> Tensor:
-            if j != self.start:
-                return self.concat(j, h, skip)
-            rho = _one(h.device) if self.skip_tuning is None else self.skip_tuning.rho_on(h.device)[self.offset + j]
-            return ops.blend_concat(h, previous, state.blend_on(h.device), skip, rho)
-
-        return concat
-
-
-class CachedOutputHook(NoCopy, ModelHook):
-    """DeepCache on a down block, mid block or down-block layer deeper than the cache point: computed and stored on
-    full calls, the stored output returned on shallow calls."""
-
-    NAME = "fused_diffusion.deepcache"
-
-    def __init__(self, state: "DeepCacheState", name: str):
-        super().__init__()
-        self.state, self.name = state, name
-
-    def graph_key(self) -> Hashable:
-        return ("deepcache_cached", self.name)
-
-    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if self.state.full:
-            return self.state.store(self.name, self.fn_ref.original_forward(*args, **kwargs))
-        return self.state.fetch(self.name)
+        return self.cache.forward(module, bound, self)
 
 
 def check_unet(unet: Any, feature: str) -> None:

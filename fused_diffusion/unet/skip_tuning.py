@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..schedules import check_count, check_real
+from .hooks import UpBlockHook, check_unet, hook_of, release_up_block_hooks, up_block_hooks
+from .up_blocks import skip_counts
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,7 @@ class SkipTuningHandle:
     @property
     def enabled(self) -> bool:
         """Whether this handle's Skip-Tuning is on the U-Net now."""
-        from .hooks import UpBlockHook, hook_of
-
-        return any(getattr(hook_of(b, UpBlockHook.NAME), "skip_tuning", None) is self.skip_tuning
+        return any(getattr(hook_of(b, UpBlockHook.NAME), "skip_scales", None) is self.skip_tuning
                    for b in self.unet.up_blocks)
 
     def set_rho(self, rho_bottom: float, rho_top: float = 1.0) -> None:
@@ -95,24 +95,19 @@ class SkipTuningHandle:
         self.skip_tuning.set_rho(rho_bottom, rho_top)
 
     def disable(self) -> None:
-        from .hooks import UpBlockHook, hook_of, release_up_block_hooks
-
         for block in self.unet.up_blocks:
             hook = hook_of(block, UpBlockHook.NAME)
-            if hook is not None and hook.skip_tuning is self.skip_tuning:
-                hook.skip_tuning = None
+            if hook is not None and hook.skip_scales is self.skip_tuning:
+                hook.skip_scales = None
         release_up_block_hooks(self.unet)
 
 
 def apply_skip_tuning(unet: nn.Module, config: SkipTuningConfig) -> SkipTuningHandle:
     """Skip-Tuning on every skip concatenation of a diffusers U-Net's up path; returns its handle."""
-    from .hooks import UpBlockHook, check_unet, hook_of, up_block_hooks
-    from .up_blocks import skip_counts
-
     check_unet(unet, "Skip-Tuning")
     if not isinstance(config, SkipTuningConfig):
         raise TypeError(f"config must be a SkipTuningConfig, got {type(config).__name__}")
-    if any(getattr(hook_of(b, UpBlockHook.NAME), "skip_tuning", None) is not None for b in unet.up_blocks):
+    if any(getattr(hook_of(b, UpBlockHook.NAME), "skip_scales", None) is not None for b in unet.up_blocks):
         raise RuntimeError("Skip-Tuning is already enabled on this U-Net; disable() its handle first")
     count = sum(skip_counts(unet))
     if not count:
@@ -120,7 +115,7 @@ def apply_skip_tuning(unet: nn.Module, config: SkipTuningConfig) -> SkipTuningHa
                         "concatenates none")
     skip_tuning = SkipTuning(count, config.rho_bottom, config.rho_top)
     for hook in up_block_hooks(unet):
-        hook.skip_tuning = skip_tuning
+        hook.skip_scales = skip_tuning
     return SkipTuningHandle(unet, skip_tuning)
 
 
