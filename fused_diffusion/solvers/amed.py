@@ -74,7 +74,8 @@ class AMED(Solver):
     or r = 1/2 (geometric mean, DPM-Solver-2's midpoint) and the given scales without one. With `afs` the first
     step's direction is the analytic x / sqrt(1 + sigma^2) (no model call). The step to sigma = 0 is Euler."""
 
-    name = "amed"
+    name, label, paper = "amed", "AMED", "Zhou et al. 2024 (AMED-Solver)"
+    calls_per_step = 2
 
     def __init__(self, predictor: Predictor | None = None, afs: bool = True, scale_dir: float = 1.0,
                  scale_time: float = 1.0):
@@ -84,6 +85,9 @@ class AMED(Solver):
     def graph_key(self) -> tuple:
         # the predictor by identity (its weights and hooks are watched through `modules`)
         return (type(self).__name__, id(self.predictor), self.afs, self.scale_dir, self.scale_time)
+
+    def calls(self, n_steps: int, to_zero: bool = True) -> int:
+        return super().calls(n_steps, to_zero) - int(self.afs)  # AFS: the first step's direction costs no call
 
     def modules(self) -> list[nn.Module]:
         return [self.predictor] if isinstance(self.predictor, nn.Module) else []

@@ -62,7 +62,7 @@ class AnalyticDPM(Solver):
     linear schedule, CelebA); None: no clip.
     """
 
-    name = "analytic_dpm"
+    name, label, paper = "analytic_dpm", "Analytic-DPM", "Bao et al. 2022 (Analytic-DPM)"
     model_output = "eps"
     schedule_kind = "timesteps"
 

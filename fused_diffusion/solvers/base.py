@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor, nn
 
-from ..schedules import check_count, check_real, validate_sigmas
+from ..schedules import check_bool, check_count, check_real, validate_sigmas
 
 if TYPE_CHECKING:
     from .run import Run
@@ -79,6 +79,11 @@ class Solver:
     what a step launches overrides `graph_key`; one that calls modules of its own lists them in `modules`."""
 
     name: str = "solver"
+    # the solver's human name, as tables and plots print it, and the method's source (its docstring has the details)
+    label: str = "solver"
+    paper: str = ""
+    # model calls of one step; the step to a final sigma = 0 makes one (it returns the denoised estimate)
+    calls_per_step: int = 1
     # what the model returns: "denoised" (x0, the EDM/k-diffusion denoisers), "eps" or "velocity"; fd.sdo holds the
     # noise-like part constant in the steps it runs without a graph
     model_output: str = "denoised"
@@ -90,6 +95,26 @@ class Solver:
     def stochastic(self) -> bool:
         """Whether a step draws noise with these options (two runs from the same x then differ)."""
         return False
+
+    def calls(self, n_steps: int, to_zero: bool = True) -> int:
+        """Model calls of a run of `n_steps` steps with these options. to_zero: the schedule ends at sigma = 0 (a
+        solver over sigmas then makes one call in its last step); ignored by solvers that take no such step."""
+        n_steps, to_zero = check_count("n_steps", n_steps), check_bool("to_zero", to_zero)
+        return self.calls_per_step * n_steps - (self.calls_per_step - 1 if to_zero else 0)
+
+    def steps_for(self, budget: int, to_zero: bool = True) -> int | None:
+        """The most steps whose run makes at most `budget` model calls (and at least one), or None if no run does;
+        that run makes exactly `budget` calls when `calls(steps) == budget`."""
+        budget, to_zero = check_count("budget", budget), check_bool("to_zero", to_zero)
+        # calls never decrease with the steps, and every step but an analytic first one makes a call
+        low, high = 0, budget + 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.calls(middle, to_zero) <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        return low if low and self.calls(low, to_zero) >= 1 else None
 
     def check_schedule(self, schedule: Tensor) -> None:
         validate_sigmas(schedule)

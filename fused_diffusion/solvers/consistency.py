@@ -16,7 +16,7 @@ class Consistency(Solver):
     """x0 = f(x, sigma_i); then re-noise to the next sigma, x = x0 + sqrt(sigma_{i+1}^2 - sigma_min^2) z
     (one lincomb on [x0, z]); the last call's x0 is the sample."""
 
-    name = "consistency"
+    name, label, paper = "consistency", "Consistency", "Song et al. 2023 (Consistency Models), Algorithm 1"
     stochastic = True  # re-noises between steps
 
     def __init__(self, sigma_min: float = 0.002):

@@ -63,7 +63,7 @@ class DDIM(Solver):
     `grid_steps` when the list is the tail of a longer run's grid (img2img), else its length. Without clipping one
     lincomb on [x, eps(, z)]; with clip_sample, x0 = lincomb[x, eps] is clamped, then one lincomb on [x0, eps(, z)]."""
 
-    name = "ddim"
+    name, label, paper = "ddim", "DDIM", "Song et al. 2021 (DDIM), eq. 12"
     model_output = "eps"
     schedule_kind = "timesteps"
 

@@ -14,7 +14,8 @@ class DPM2(ChurnSolver):
     """x_mid = x + (sigma_mid - sigma_hat) d; x_{i+1} = x + (sigma_{i+1} - sigma_hat) d_mid,
     d_mid = (x_mid - D(x_mid, sigma_mid)) / sigma_mid. Lincombs on [x, D] and [x, x_mid, D_mid]."""
 
-    name = "dpm_2"
+    name, label, paper = "dpm_2", "DPM-2", "Lu et al. 2022 (DPM-Solver), Algorithm 1"
+    calls_per_step = 2
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         tables = self.churn_tables(sigmas)
@@ -42,7 +43,8 @@ class DPM2Ancestral(Ancestral):
     then noise up to sigma_next (ancestral_sigmas in euler.py). Lincombs on [x, D] and [x, x_mid, D_mid, z]. Where
     sigma_down = 0 the step is Euler to 0 (x = D) and, as in k-diffusion, no noise is drawn."""
 
-    name = "dpm_2_ancestral"
+    name, label, paper = "dpm_2_ancestral", "DPM-2 ancestral", "Lu et al. 2022 (DPM-Solver) + ancestral noise"
+    calls_per_step = 2
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]

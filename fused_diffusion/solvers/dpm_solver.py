@@ -8,6 +8,7 @@ dtype; they are repeated here operation by operation in the grid's dtype, then t
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -103,7 +104,7 @@ class DPMFast(Solver):
     each step. The schedule is the pair [sigma_max, sigma_min]; the result stays at sigma_min (no final denoise).
     Each stage is one lincomb; the result's takes the noise as its last input."""
 
-    name = "dpm_fast"
+    name, label, paper = "dpm_fast", "DPM-Solver-fast", "Lu et al. 2022 (DPM-Solver), sec. 3.4"
     schedule_kind = "sigma_range"
 
     def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
@@ -121,6 +122,19 @@ class DPMFast(Solver):
 
     def num_steps(self, schedule: Tensor) -> int:
         return len(self.orders)
+
+    def calls(self, n_steps: int, to_zero: bool = True) -> int:
+        """Model calls of its first `n_steps` steps (nfe for all of them); nfe fixes how many there are."""
+        n_steps = check_count("n_steps", n_steps)
+        if n_steps > len(self.orders):
+            raise ValueError(f"dpm_fast with nfe={self.nfe} runs {len(self.orders)} steps (orders {self.orders}), "
+                             f"not {n_steps}")
+        return sum(self.orders[:n_steps])
+
+    def steps_for(self, budget: int, to_zero: bool = True) -> int | None:
+        """The most of its first steps whose calls fit in `budget` (all of them from budget = nfe), or None."""
+        budget = check_count("budget", budget)
+        return sum(1 for calls in itertools.accumulate(self.orders) if calls <= budget) or None
 
     def ends_at_zero(self, schedule: Tensor) -> bool:
         return False

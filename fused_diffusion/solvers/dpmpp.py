@@ -34,7 +34,7 @@ class DPMpp2M(Solver):
     """With r = h_{i-1} / h: x_{i+1} = (sigma_{i+1}/sigma_i) x - expm1(-h) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1});
     the first step is first order (D_{i-1} absent), the last one lands on D. One lincomb on [x, D_i, D_{i-1}]."""
 
-    name = "dpmpp_2m"
+    name, label, paper = "dpmpp_2m", "DPM++(2M)", "Lu et al. 2022b (DPM-Solver++), Algorithm 2"
     history = 1
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
@@ -66,7 +66,9 @@ class DPMpp2SAncestral(Ancestral):
     x = (sigma_down/sigma) x + (1 - sigma_down/sigma) D_mid + s_noise sigma_up z. Where sigma_down = 0 the step is
     Euler to 0, x = D (+ s_noise sigma_up z unless sigma_next = 0), as k-diffusion."""
 
-    name = "dpmpp_2s_ancestral"
+    name, label = "dpmpp_2s_ancestral", "DPM++(2S) ancestral"
+    paper = "Lu et al. 2022b (DPM-Solver++), Algorithm 1 + ancestral noise"
+    calls_per_step = 2
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]
@@ -102,7 +104,8 @@ class DPMppSDE(Solver):
     sigma to sigma_next on [x, D, D_s, z2], with D_d = (1 - 1/(2r)) D + 1/(2r) D_s. The step to 0 is x = D.
     Each stage draws its own noise, noise_sampler(sigma, sigma_s) and noise_sampler(sigma, sigma_next)."""
 
-    name = "dpmpp_sde"
+    name, label, paper = "dpmpp_sde", "DPM++ SDE", "Lu et al. 2022b (DPM-Solver++), k-diffusion's stochastic form"
+    calls_per_step = 2
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         self.eta, self.s_noise, self.r = check_eta(eta), check_real("s_noise", s_noise), check_real("r", r)
@@ -197,7 +200,7 @@ class DPMpp2MSDE(MultistepSDE):
     midpoint variant, ((1 - e^(-h - eta_h)) / (-h - eta_h) + 1) / r for heun; the first step has no correction, the
     step to 0 is x = D. One lincomb on [x, D, D_prev, z]."""
 
-    name = "dpmpp_2m_sde"
+    name, label, paper = "dpmpp_2m_sde", "DPM++(2M) SDE", "Lu et al. 2022b (DPM-Solver++), sec. 5"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint"):
         if solver_type not in ("midpoint", "heun"):
@@ -229,7 +232,7 @@ class DPMpp3MSDE(MultistepSDE):
     of D over the last three steps (r0 = h_1/h, r1 = h_2/h); the second step uses phi_2 (D - D_1)/r0 only, the first
     none, the step to 0 is x = D. One lincomb on [x, D, D_1, D_2, z] (as many D as the step has)."""
 
-    name = "dpmpp_3m_sde"
+    name, label, paper = "dpmpp_3m_sde", "DPM++(3M) SDE", "Lu et al. 2022b (DPM-Solver++), k-diffusion's 3M SDE"
     history = 2
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ class Euler(ChurnSolver):
     """x_{i+1} = x + (sigma_{i+1} - sigma_hat) (x - D) / sigma_hat  (Karras et al. 2022, eq. 4 / Alg. 2 line 8),
     one lincomb on [x, D]: [sigma_{i+1} / sigma_hat, 1 - sigma_{i+1} / sigma_hat]."""
 
-    name = "euler"
+    name, label, paper = "euler", "Euler", "Karras et al. 2022 (EDM)"
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         tables = self.churn_tables(sigmas)
@@ -48,12 +48,19 @@ class Ancestral(Solver):
     def stochastic(self) -> bool:
         return self.eta > 0
 
+    def calls(self, n_steps: int, to_zero: bool = True) -> int:
+        if self.calls_per_step > 1 and self.eta > 1:
+            raise ValueError(f"{self.name} with eta={self.eta} > 1 makes one model call instead of "
+                             f"{self.calls_per_step} in each step whose sigma_down is 0, and the schedule's values "
+                             "decide which those are: count the calls of a run instead")
+        return super().calls(n_steps, to_zero)
+
 
 class EulerAncestral(Ancestral):
     """Euler to sigma_down, then noise up to sigma_next (Ho et al. 2020 ancestral sampling in k-diffusion's form):
     one lincomb on [x, D, z]: [sigma_down / sigma, 1 - sigma_down / sigma, s_noise sigma_up]."""
 
-    name = "euler_ancestral"
+    name, label, paper = "euler_ancestral", "Euler ancestral", "Ho et al. 2020 (DDPM ancestral sampling)"
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         sigma, sigma_next = sigmas[:-1], sigmas[1:]

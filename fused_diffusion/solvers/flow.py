@@ -28,7 +28,8 @@ def check_flow_sigmas(sigmas: Tensor) -> None:
 class FlowEuler(Solver):
     """One model call and one lincomb [1, t_{i+1} - t_i] on [x, v] per step; the model gets t_i (its 'sigma')."""
 
-    name = "flow_euler"
+    name, label = "flow_euler", "Flow Euler"
+    paper = "Lipman et al. 2023 (Flow Matching); Esser et al. 2024 (SD3)"
     model_output = "velocity"
     schedule_kind = "flow_sigmas"
 

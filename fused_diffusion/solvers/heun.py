@@ -13,7 +13,8 @@ class Heun(ChurnSolver):
     corrector x_{i+1} = x + h (d + d') / 2, d' = (x' - D(x', sigma_{i+1})) / sigma_{i+1} (line 11), rewritten on
     [x, x', D'] as [1/2, 1/2 + h / (2 sigma_{i+1}), -h / (2 sigma_{i+1})]. Euler on the last step (sigma = 0)."""
 
-    name = "heun"
+    name, label, paper = "heun", "Heun", "Karras et al. 2022 (EDM), Algorithm 2"
+    calls_per_step = 2
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         tables = self.churn_tables(sigmas)

@@ -53,7 +53,7 @@ class IPNDM(Solver):
     steps, the second from x_mid; the AMED code itself fails for max_order=1 on its history buffer).
     """
 
-    name = "ipndm"
+    name, label, paper = "ipndm", "iPNDM", "Zhang & Chen 2023 (iPNDM); Zhou et al. 2024 (AMED-Plugin)"
 
     def __init__(self, max_order: int = 4, afs: bool = False, predictor: Predictor | None = None,
                  scale_dir: float = 1.0, scale_time: float = 1.0):
@@ -71,6 +71,13 @@ class IPNDM(Solver):
     def graph_key(self) -> tuple:
         # the predictor by identity (its weights and hooks are watched through `modules`)
         return (type(self).__name__, self.max_order, self.afs, id(self.predictor), self.scale_dir, self.scale_time)
+
+    @property
+    def calls_per_step(self) -> int:
+        return 1 if self.predictor is None else 2  # the AMED-Plugin adds the midpoint's call
+
+    def calls(self, n_steps: int, to_zero: bool = True) -> int:
+        return super().calls(n_steps, to_zero) - int(self.afs)  # AFS: the first step's derivative costs no call
 
     def modules(self) -> list[nn.Module]:
         return [self.predictor] if isinstance(self.predictor, nn.Module) else []

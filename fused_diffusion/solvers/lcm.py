@@ -62,7 +62,7 @@ class LCM(TimestepSolver):
     """LCMScheduler's step: f = c_skip x + c_out x0, x' = sqrt(a_{t'}) f + sqrt(1 - a_{t'}) z (the last step: f),
     one lincomb on [x, eps, z]."""
 
-    name = "lcm"
+    name, label, paper = "lcm", "LCM", "Luo et al. 2023 (Latent Consistency Models), Algorithm 3"
     stochastic = True  # re-noises between steps (a 1-step run draws nothing)
 
     def __init__(self, alphas_cumprod: Tensor, timestep_scaling: float = 10.0):
@@ -89,7 +89,7 @@ class TCD(TimestepSolver):
     t') (t' = 0 after the last step), then with gamma > 0 (not on the last step) x' = sqrt(a_{t'} / a_s) x_s +
     sqrt(1 - a_{t'} / a_s) z; one lincomb on [x, eps(, z)]."""
 
-    name = "tcd"
+    name, label, paper = "tcd", "TCD", "Zheng et al. 2024 (Trajectory Consistency Distillation)"
 
     def __init__(self, alphas_cumprod: Tensor, gamma: float = 0.3):
         super().__init__(alphas_cumprod)

@@ -34,7 +34,7 @@ class LMS(Solver):
     (lower orders while the history fills; the step to sigma = 0 too). Two lincombs per step: d on [x, D], then the
     update on [x, d_i, d_{i-1}, ...]."""
 
-    name = "lms"
+    name, label, paper = "lms", "LMS", "linear multistep (k-diffusion's sample_lms)"
 
     def __init__(self, order: int = 4):
         self.order = check_count("order", order)

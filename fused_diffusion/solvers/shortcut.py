@@ -14,7 +14,7 @@ class Shortcut(Solver):
     """steps uniform steps of size d = 1/steps; one model call and one lincomb [1, d] on [x, v] per step.
     The callback gets the data estimate x + (1 - t) v as 'denoised' (one more lincomb, only with a callback)."""
 
-    name = "shortcut"
+    name, label, paper = "shortcut", "Shortcut", "Frans et al. 2024 (shortcut models)"
     model_output = "velocity"
     schedule_kind = "flow_times"
 

@@ -46,7 +46,7 @@ class UniPC(Solver):
     uncorrected. `corrector=False` disables UniC everywhere (UniP alone, order p).
     """
 
-    name = "unipc"
+    name, label, paper = "unipc", "UniPC", "Zhao et al. 2023 (UniPC)"
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True,
                  disable_corrector: Iterable[int] = (), lower_order_final: bool = True):
