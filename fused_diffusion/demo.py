@@ -16,14 +16,14 @@ import fused_diffusion as fd
 from fused_diffusion import cli_args
 
 
-# name: (sampler, [(options, model calls of an n-step run on a schedule ending at 0)]); AMED's analytic first
-# step saves one call, so odd budgets run it without
-ODE_SOLVERS = {
-    "euler": (fd.sample_euler, [({}, lambda n: n)]),
-    "heun": (fd.sample_heun, [({}, lambda n: 2 * n - 1)]),
-    "dpm_2": (fd.sample_dpm_2, [({}, lambda n: 2 * n - 1)]),
-    "dpmpp_2m": (fd.sample_dpmpp_2m, [({}, lambda n: n)]),
-    "amed": (fd.sample_amed, [({"afs": True}, lambda n: 2 * n - 2), ({"afs": False}, lambda n: 2 * n - 1)]),
+# the solvers compared (fd.solvers names), each with the option sets it may run with; AMED's analytic first step
+# saves one call, so odd budgets run it without
+ODE_SOLVERS: dict[str, list[dict]] = {
+    "euler": [{}],
+    "heun": [{}],
+    "dpm_2": [{}],
+    "dpmpp_2m": [{}],
+    "amed": [{"afs": True}, {"afs": False}],
 }
 
 
@@ -36,11 +36,15 @@ class SolverRun:
     sample: Callable[[Callable, Tensor], Tensor]  # (denoiser, unit-variance noise) -> images
 
 
-def within_budget(variants: list, budget: int) -> tuple[int, int, dict]:
-    """(calls, steps, options) of the variant and step count with the most calls <= budget (earlier variants
-    win ties)."""
-    candidates = [(calls(n), -k, n, options) for k, (options, calls) in enumerate(variants)
-                  for n in range(1, budget + 1) if 1 <= calls(n) <= budget]
+def within_budget(name: str, budget: int) -> tuple[int, int, dict]:
+    """(calls, steps, options) of the option set of ODE_SOLVERS[name] and step count with the most model calls
+    <= budget on a schedule ending at 0 (earlier option sets win ties)."""
+    candidates = []
+    for k, options in enumerate(ODE_SOLVERS[name]):
+        solver = fd.solvers.get_solver(name, **options)
+        steps = solver.steps_for(budget)
+        if steps is not None:
+            candidates.append((solver.calls(steps), -k, steps, options))
     calls, _, steps, options = max(candidates, key=lambda c: c[:2])
     return calls, steps, options
 
@@ -48,23 +52,25 @@ def within_budget(variants: list, budget: int) -> tuple[int, int, dict]:
 def solver_runs(budget: int, sigma_min: float, sigma_max: float, alphas_cumprod: Tensor) -> list[SolverRun]:
     """Every ODE solver of the library at `budget` model calls: Karras schedules from sigma_max to 0, and DDIM."""
     runs = []
-    for name, (sampler, variants) in ODE_SOLVERS.items():
-        calls, steps, options = within_budget(variants, budget)
+    for name in ODE_SOLVERS:
+        calls, steps, options = within_budget(name, budget)
         sigmas = fd.get_sigmas_karras(steps, sigma_min, sigma_max)
 
-        def sample(den, noise, sampler=sampler, sigmas=sigmas, options=options):
-            return sampler(den, noise * sigmas[0], sigmas.to(noise.device), disable=True, **options)
+        def sample(den, noise, solver=fd.solvers.get_solver(name, **options), sigmas=sigmas):
+            return fd.solvers.sample(solver, den, noise * sigmas[0], sigmas.to(noise.device), disable=True)
 
         runs.append(SolverRun(name, budget, calls, sample))
+    ddim_solver = fd.solvers.get_solver("ddim", alphas_cumprod=alphas_cumprod)
+    ddim_steps = ddim_solver.steps_for(budget)
 
     def ddim(den, noise):
         # DDIM takes variance-preserving noise; trailing spacing starts at the last training step (sigma_max),
         # so it solves the same ODE from the same noise as the solvers above
         scale = sigma_max / (1 + sigma_max**2) ** 0.5
-        return fd.sample_ddim(den.inner_model, noise * scale, alphas_cumprod, budget, timestep_spacing="trailing",
+        return fd.sample_ddim(den.inner_model, noise * scale, alphas_cumprod, ddim_steps, timestep_spacing="trailing",
                               clip_sample=False, disable=True)
 
-    return runs + [SolverRun("ddim", budget, budget, ddim)]
+    return runs + [SolverRun("ddim", budget, ddim_solver.calls(ddim_steps), ddim)]
 
 
 def image_grid(images: Tensor, columns: int) -> Tensor:
@@ -199,17 +205,17 @@ def gmm_demo(args: argparse.Namespace) -> None:
     print(f"error = median over samples of ||x - exact ODE solution|| / ||exact|| "
           f"(Karras schedule, sigma {args.sigma_min}..{args.sigma_max})")
     print(f"{'solver':<10}{'steps':>6}{'calls':>7}{'error':>11}{'ms':>9}")
-    for name, (sampler, variants) in ODE_SOLVERS.items():
-        options, calls = variants[0]
+    for name, variants in ODE_SOLVERS.items():
+        solver = fd.solvers.get_solver(name, **variants[0])
         for steps in args.steps:
             sigmas = fd.get_sigmas_karras(steps, args.sigma_min, args.sigma_max, device=device)
             start = time.perf_counter()
-            x = sampler(gmm, noise, sigmas, disable=True, **options)
+            x = fd.solvers.sample(solver, gmm, noise, sigmas, disable=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             ms = (time.perf_counter() - start) * 1e3
             error = ((x - exact).norm(dim=1) / exact.norm(dim=1)).median().item()
-            print(f"{name:<10}{steps:>6}{calls(steps):>7}{error:>11.2e}{ms:>9.1f}")
+            print(f"{name:<10}{steps:>6}{solver.calls(steps):>7}{error:>11.2e}{ms:>9.1f}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

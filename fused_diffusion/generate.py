@@ -35,7 +35,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -58,39 +57,10 @@ METRICS = "metrics.json"
 FORMAT = 1  # of the manifest and shard files: part of the configuration, so a future layout refuses old folders
 
 
-@dataclass(frozen=True)
-class SolverSpec:
-    """How a solver of `fd.Sampler` spends model calls on a Karras schedule ending at 0: `calls_per_step` calls
-    per step but one in the last (a step to sigma = 0 only denoises), and whether it draws noise per step."""
-    calls_per_step: int
-    stochastic: bool
-
-    def calls(self, steps: int) -> int:
-        return self.calls_per_step * (steps - 1) + 1
-
-    def steps_for(self, calls: int) -> int | None:
-        """The number of steps that makes exactly `calls` model calls, or None if none does."""
-        steps, rest = divmod(calls - 1, self.calls_per_step)
-        return steps + 1 if rest == 0 else None
-
-    def possible_calls(self) -> str:
-        return "any number >= 1" if self.calls_per_step == 1 else "an odd number (1, 3, 5, ...)"
-
-
-# the fd.Sampler solvers this command runs, with their call counts (tests/test_generate.py counts them)
-SOLVERS = {
-    "euler": SolverSpec(1, False),
-    "heun": SolverSpec(2, False),
-    "dpm_2": SolverSpec(2, False),
-    "dpmpp_2m": SolverSpec(1, False),
-    "ipndm": SolverSpec(1, False),
-    "lms": SolverSpec(1, False),
-    "euler_ancestral": SolverSpec(1, True),
-    "dpm_2_ancestral": SolverSpec(2, True),
-    "dpmpp_2s_ancestral": SolverSpec(2, True),
-    "dpmpp_sde": SolverSpec(2, True),
-    "dpmpp_2m_sde": SolverSpec(1, True),
-}
+# the fd.Sampler solvers this command runs, with their default options; how many model calls a number of steps
+# makes and whether they draw noise, each solver says itself (fd.solvers)
+SOLVERS = ("euler", "heun", "dpm_2", "dpmpp_2m", "ipndm", "lms", "euler_ancestral", "dpm_2_ancestral",
+           "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,11 +130,11 @@ def check_arguments(args: argparse.Namespace) -> int | None:
     args.solver = args.solver or "dpmpp_2m"
     if args.solver not in SOLVERS:
         usage_error(f"argument --solver: --model samples with one of {', '.join(sorted(SOLVERS))}, got {args.solver!r}")
-    spec = SOLVERS[args.solver]
-    steps = spec.steps_for(args.calls)
-    if steps is None:
-        usage_error(f"argument --calls: {args.solver} makes {spec.calls_per_step} model calls per step (1 in the "
-                    f"last), so --calls must be {spec.possible_calls()}, got {args.calls}")
+    solver = fd.solvers.get_solver(args.solver)
+    steps = solver.steps_for(args.calls)
+    if steps is None or solver.calls(steps) != args.calls:
+        usage_error(f"argument --calls: {args.solver} makes {solver.calls_per_step} model calls per step "
+                    f"({solver.calls(1)} in the last), so --calls must be {possible_calls(solver)}, got {args.calls}")
     if args.metrics and args.num < 2:
         usage_error(f"argument --num: --metrics fits a Gaussian, which needs at least 2 samples, got {args.num}")
     last = shard_count(args.num, args.shard_size) - 1
@@ -175,6 +145,13 @@ def check_arguments(args: argparse.Namespace) -> int | None:
         usage_error(f"argument --seed: must be at most {(MAX_SEED - last) // SEED_MULTIPLIER} (shard seeds are "
                     f"int64), got {args.seed}")
     return steps
+
+
+def possible_calls(solver: fd.solvers.Solver) -> str:
+    """The model-call counts of the solver's runs on a schedule ending at 0, in words: its first few."""
+    counts = [solver.calls(steps) for steps in (1, 2, 3)]
+    kind = "an odd number" if all(count % 2 for count in counts) else "one of"
+    return f"{kind} ({', '.join(map(str, counts))}, ...)"
 
 
 def shard_count(num: int, shard_size: int) -> int:
@@ -357,8 +334,7 @@ def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: i
     """This rank's part of the run: check the folder, (rank 0) write the manifest, sample the missing shards it owns,
     then (rank 0, after every rank is done) the metric."""
     denoiser, _, shape = fd.zoo.digits(device=device)
-    spec = SOLVERS[args.solver]
-    generator = torch.Generator(device) if spec.stochastic else None
+    generator = torch.Generator(device) if fd.solvers.get_solver(args.solver).stochastic else None
     try:  # before any file is written: a schedule the solver cannot take (too many steps for float32) is --calls'
         sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max, device=device)
         sampler = fd.Sampler(denoiser, args.solver, sigmas, cuda_graph=device.type == "cuda", generator=generator)
