@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...schedules import check_count, check_device, check_real, describe
-from ...solvers import Plan, check_input, get_solver, run
+from ...solvers import SOLVERS as SOLVER_CLASSES, Plan, check_input, get_solver, run
 from .schedulers import ADAPTERS, Setup, adapter_of, from_diffusers
 
 
@@ -103,7 +103,8 @@ class FusedScheduler:
 
     @property
     def order(self) -> int:
-        return self.adapter.calls_per_timestep
+        """Entries of `timesteps` per step: the solver's model calls per step (diffusers' Heun lists two)."""
+        return SOLVER_CLASSES[self.solver].calls_per_step
 
     def _require_timesteps(self, what: str) -> Setup:
         if self._setup is None:

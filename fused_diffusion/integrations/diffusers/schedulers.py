@@ -49,7 +49,6 @@ class SchedulerAdapter:
     required: ClassVar[dict[str, Any]] = {"prediction_type": "epsilon", "rescale_betas_zero_snr": False}
     step_options: ClassVar[dict[str, Any]] = {}
     timestep_options: ClassVar[tuple[str, ...]] = ()
-    calls_per_timestep: ClassVar[int] = 1  # model calls per entry of `timesteps` (Heun lists each inner one twice)
     vp_latents: ClassVar[bool] = False  # the pipeline's sample is variance preserving, the solver's state EDM
 
     def check(self, scheduler: Any) -> None:
@@ -101,7 +100,7 @@ class SchedulerAdapter:
 
     def call_levels(self, setup: "Setup") -> Tensor:
         """The solver's level at each model call of a run, in the order of the scheduler's `timesteps`."""
-        return setup.schedule[:-1] if self.calls_per_timestep == 1 else heun_call_sigmas(setup.schedule)
+        return setup.schedule[:-1]
 
     def input_scales(self, setup: "Setup") -> Tensor | None:
         """What `scale_model_input` multiplies the sample by at each call (None: it returns the sample)."""
@@ -128,12 +127,6 @@ class SchedulerAdapter:
             return ops.lincomb([x, output], lincomb_rows(torch.ones_like(level), -level))
         c_in = (level.float() ** 2 + 1).rsqrt()
         return ops.lincomb([x, output], lincomb_rows(c_in**2, -level.float() * c_in))
-
-
-def heun_call_sigmas(schedule: Tensor) -> Tensor:
-    """Heun's 2n - 1 model calls for n steps to 0: sigma_0, then each later nonzero sigma twice (the end of one step,
-    the start of the next)."""
-    return torch.cat([schedule[:1], schedule[1:-1].repeat_interleave(2)])
 
 
 class DiscreteSigmas(SchedulerAdapter):
@@ -166,11 +159,15 @@ class Heun(DiscreteSigmas):
     name, solver = "HeunDiscreteScheduler", "heun"
     required = {**DiscreteSigmas.required, "clip_sample": False}
     reproduced = DiscreteSigmas.reproduced | {"clip_sample_range"}
-    calls_per_timestep = 2
 
     def schedule(self, fresh: Any) -> Tensor:
         sigmas = super().schedule(fresh)  # sigma_0, then each inner sigma twice, then 0
         return torch.cat([sigmas[:1], sigmas[1:-1:2], sigmas[-1:]])
+
+    def call_levels(self, setup: "Setup") -> Tensor:
+        """Heun's model calls for n steps to 0: at sigma_0, then at each later nonzero sigma twice (the end of one
+        step, the start of the next), as the scheduler lists its timesteps."""
+        return torch.cat([setup.schedule[:1], setup.schedule[1:-1].repeat_interleave(2)])
 
 
 class VPMultistep(SchedulerAdapter):
