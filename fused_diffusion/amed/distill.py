@@ -35,12 +35,13 @@ def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, k
     if kind == "logsnr" and rho is not None:
         raise ValueError(f"rho shapes the 'polynomial' and 'time_uniform' schedules; kind='logsnr' takes none, got "
                          f"rho={rho!r}")
-    if (calls + int(afs)) % 2:
+    student = solvers.AMED(afs=afs)  # an AMED-Plugin step makes the calls of an AMED step
+    steps = student.steps_for(calls, to_zero=False)
+    if steps is None or student.calls(steps, to_zero=False) != calls:
         raise ValueError(f"with afs={afs} a schedule costs {'an odd' if afs else 'an even'} number of calls (two per "
                          f"step{', one saved on the first' if afs else ''}); got calls={calls}: use afs={not afs}")
     if not isinstance(kind, str) or kind not in SCHEDULES:
         raise ValueError(f"kind must be one of {sorted(SCHEDULES)}, got {kind!r}")
-    steps = (calls + int(afs)) // 2
     options = {} if kind == "logsnr" else {"rho": rho if rho is not None else DEFAULT_RHO[kind]}
     return SCHEDULES[kind](steps + 1, sigma_min, sigma_max, **options)[:-1]
 

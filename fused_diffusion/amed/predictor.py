@@ -216,10 +216,10 @@ class Predictor(nn.Module):
 
     @property
     def calls(self) -> int:
-        """Model calls of one run of its student over its schedule: two per step, one less with AFS."""
+        """Model calls of one run of its student over its schedule (which ends above 0)."""
         if self.sigmas is None:
             raise ValueError("this predictor has no schedule yet (train it with fd.amed.distill or load one)")
-        return 2 * (len(self.sigmas) - 1) - int(self.afs)
+        return self.solver().calls(len(self.sigmas) - 1, to_zero=False)
 
     def solver(self):
         """The student solver using this predictor (for fd.Sampler(model, predictor.solver(), predictor.sigmas))."""
