@@ -40,12 +40,14 @@ def main() -> None:
     denoiser, _, shape = fd.zoo.digits()
     noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(0))
     afs = args.calls % 2 == 1
+    heun = solvers.get_solver("heun")
     rows, known = [], {}
     for kind, M, balance, seed in CONFIGS:
         sigmas = fd.amed.schedule(args.calls, float(denoiser.sigma_min), float(denoiser.sigma_max), afs=afs, kind=kind)
+        fine = refine(sigmas, M)  # the teacher's schedule, ending at sigma_min
         x = noise * sigmas[0]
         if (kind, M) not in known:  # the teacher's and r = 1/2's quality on this schedule, once
-            teacher = solvers.sample(solvers.get_solver("heun"), denoiser, x, refine(sigmas, M).float(), disable=True)
+            teacher = solvers.sample(heun, denoiser, x, fine.float(), disable=True)
             half = fd.sample_amed(denoiser, x, sigmas, afs=afs, disable=True)
             known[kind, M] = metrics.frechet_distance(teacher), metrics.frechet_distance(half)
         start = time.perf_counter()
@@ -56,7 +58,7 @@ def main() -> None:
             learned = metrics.frechet_distance(predictor.sample(denoiser, x))
         rows.append({"schedule": kind, "sigmas": " ".join(f"{s:.4g}" for s in sigmas.tolist()), "M": M,
                      "balance_steps": balance, "seed": seed, "calls": args.calls,
-                     "teacher_calls": 2 * (M + 1) * (len(sigmas) - 1), "teacher_fd": known[kind, M][0],
+                     "teacher_calls": heun.calls(len(fine) - 1, to_zero=False), "teacher_fd": known[kind, M][0],
                      "r_half_fd": known[kind, M][1], "learned_fd": learned, "distill_s": round(seconds, 1),
                      "trajectories": predictor.info["trajectories"], "loss_first": predictor.info["loss_first"],
                      "loss_last": predictor.info["loss_last"]})

@@ -33,7 +33,7 @@ from bench_digits import write_csv  # noqa: E402
 from fused_diffusion.integrations.diffusers import FusedScheduler  # noqa: E402
 
 # the variance-preserving ones, which DDPMPipeline's loop (no scale_model_input, unit noise) drives as intended
-SCHEDULERS = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
+SOLVERS = ("ddim", "dpmpp_2m")
 
 
 class OneMultiply(torch.nn.Module):
@@ -130,7 +130,8 @@ def main() -> None:
     config = diffusers.DDIMScheduler(clip_sample=False).config
     rows = []
     for model_name, model in (("digits U-Net", unet), ("one multiply", OneMultiply(unet))):
-        for solver, name in SCHEDULERS.items():
+        for solver in SOLVERS:
+            name = FusedScheduler.SOLVERS[solver]
             own = diffusers.DDPMPipeline(model, getattr(diffusers, name).from_config(config))
             fused = diffusers.DDPMPipeline(model, FusedScheduler.from_config(config, solver=solver))
             accelerated = diffusers.DDPMPipeline(model, getattr(diffusers, name).from_config(config))

@@ -33,7 +33,7 @@ import fused_diffusion as fd
 from fused_diffusion.ops import use_backend
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STEPS = 18  # Heun: 2 * 18 - 1 = 35 model calls
+STEPS = 18  # Heun: 35 model calls
 
 
 def cifar_unet(tiny: bool):
@@ -188,7 +188,7 @@ def memory_stats(device: str) -> dict:
 
 def run_case(case: Case, methods: list[str], reps: int, inductor_mode: str) -> list[dict]:
     device, rows = case.device, []
-    calls = 2 * STEPS - 1
+    calls = fd.solvers.get_solver("heun").calls(STEPS)
 
     def record(method: str, fn: Callable[[], object], floor_ms: float | None = None, setup_note: str = ""):
         if device == "cuda":
@@ -223,8 +223,8 @@ def run_case(case: Case, methods: list[str], reps: int, inductor_mode: str) -> l
             record("fd_graph_inductor", lambda: sampler(case.noise), compiled_floor,
                    f"inductor mode={inductor_mode}; first call = capture (compiled just before, for the floor)")
         if floor:
-            rows.append(dict(model=case.name, batch=case.batch, method="model_graph_x35", model_calls=calls,
-                             ms=round(floor, 3), first_call_s="", setup="one model call graphed, replay x 35",
+            rows.append(dict(model=case.name, batch=case.batch, method=f"model_graph_x{calls}", model_calls=calls,
+                             ms=round(floor, 3), first_call_s="", setup=f"one model call graphed, replay x {calls}",
                              peak_alloc_mib="", nvml_used_mib="", loop_overhead_pct=""))
     by_method = {r["method"]: r["ms"] for r in rows}
     for r in rows:
@@ -259,7 +259,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         sub = [r for r in rows if (r["model"], r["batch"]) == (model, batch)]
         ax.bar([r["method"] for r in sub], [r["ms"] for r in sub])
         ax.set_title(f"{model}, batch {batch}")
-        ax.set_ylabel("ms per sample loop (35 model calls)")
+        ax.set_ylabel(f"ms per sample loop ({sub[0]['model_calls']} model calls)")
         ax.set_yscale("log")
         ax.tick_params(axis="x", rotation=60)
     fig.suptitle(title)

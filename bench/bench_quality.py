@@ -101,19 +101,23 @@ def gmm_problem(args: argparse.Namespace) -> Problem:
 def solver_runs(problem: Problem, budget: int, solvers: list[str]) -> list[demo.SolverRun]:
     """The non-learned solvers at `budget` calls: the library's (demo.solver_runs) and iPNDM."""
     runs = demo.solver_runs(budget, problem.sigma_min, problem.sigma_max, problem.alphas_cumprod)
-    sigmas = fd.get_sigmas_karras(budget, problem.sigma_min, problem.sigma_max)
+    ipndm_solver = fd.solvers.get_solver("ipndm", max_order=4)
+    steps = ipndm_solver.steps_for(budget)
+    sigmas = fd.get_sigmas_karras(steps, problem.sigma_min, problem.sigma_max)
 
-    def ipndm(den, noise):  # one call per step, the last (to 0) included
-        return fd.sample_ipndm(den, noise * sigmas[0], sigmas, max_order=4, disable=True)
+    def ipndm(den, noise):
+        return fd.solvers.sample(ipndm_solver, den, noise * sigmas[0], sigmas, disable=True)
 
-    runs.append(demo.SolverRun("ipndm", budget, budget, ipndm))
+    runs.append(demo.SolverRun("ipndm", budget, ipndm_solver.calls(steps), ipndm))
     if budget >= 2:  # r = 1/2 on the learned rows' schedule, so that the predictor is the only difference
         amed_sigmas, afs = amed_schedule(problem, budget)
+        amed_solver = fd.solvers.get_solver("amed", afs=afs)
 
         def amed(den, noise):
-            return fd.sample_amed(den, noise * amed_sigmas[0], amed_sigmas, afs=afs, disable=True)
+            return fd.solvers.sample(amed_solver, den, noise * amed_sigmas[0], amed_sigmas, disable=True)
 
-        runs = [r for r in runs if r.solver != "amed"] + [demo.SolverRun("amed", budget, budget, amed)]
+        calls = amed_solver.calls(len(amed_sigmas) - 1, to_zero=False)
+        runs = [r for r in runs if r.solver != "amed"] + [demo.SolverRun("amed", budget, calls, amed)]
     return [r for r in runs if r.solver in solvers and (r.solver != "ddim" or problem.alphas_cumprod is not None)]
 
 

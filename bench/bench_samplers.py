@@ -30,28 +30,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fused_diffusion as fd  # noqa: E402
 import reference_samplers as ref  # noqa: E402
 from bench_digits import save_grid, write_csv  # noqa: E402
-from fused_diffusion import demo, metrics  # noqa: E402
+from fused_diffusion import metrics, solvers  # noqa: E402
 from fused_diffusion.ops import count_op_launches  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ONE_CALL = lambda n: n  # noqa: E731
-TWO_CALLS = lambda n: 2 * n - 1  # noqa: E731 - the step to 0 makes one call
-# name: (fd's sampler, k-diffusion's re-statement, model calls of an n-step run ending at 0)
-SAMPLERS: dict[str, tuple[Callable, Callable, Callable[[int], int]]] = {
-    "euler": (fd.sample_euler, ref.euler, ONE_CALL),
-    "euler_ancestral": (fd.sample_euler_ancestral, ref.euler_ancestral, ONE_CALL),
-    "heun": (fd.sample_heun, ref.heun, TWO_CALLS),
-    "dpm_2": (fd.sample_dpm_2, ref.dpm_2, TWO_CALLS),
-    "dpm_2_ancestral": (fd.sample_dpm_2_ancestral, ref.dpm_2_ancestral, TWO_CALLS),
-    "lms": (fd.sample_lms, ref.lms, ONE_CALL),
-    "dpmpp_2s_ancestral": (fd.sample_dpmpp_2s_ancestral, ref.dpmpp_2s_ancestral, TWO_CALLS),
-    "dpmpp_sde": (fd.sample_dpmpp_sde, ref.dpmpp_sde, TWO_CALLS),
-    "dpmpp_2m": (fd.sample_dpmpp_2m, ref.dpmpp_2m, ONE_CALL),
-    "dpmpp_2m_sde": (fd.sample_dpmpp_2m_sde, ref.dpmpp_2m_sde, ONE_CALL),
-    "dpmpp_3m_sde": (fd.sample_dpmpp_3m_sde, ref.dpmpp_3m_sde, ONE_CALL),
-    "dpm_fast": (fd.sample_dpm_fast, ref.dpm_fast, ONE_CALL),
-    "dpm_adaptive": (fd.sample_dpm_adaptive, ref.dpm_adaptive, ONE_CALL),
+# name: (fd's sampler, k-diffusion's re-statement); model calls and noise are the solvers' own (fd.solvers)
+SAMPLERS: dict[str, tuple[Callable, Callable]] = {
+    "euler": (fd.sample_euler, ref.euler),
+    "euler_ancestral": (fd.sample_euler_ancestral, ref.euler_ancestral),
+    "heun": (fd.sample_heun, ref.heun),
+    "dpm_2": (fd.sample_dpm_2, ref.dpm_2),
+    "dpm_2_ancestral": (fd.sample_dpm_2_ancestral, ref.dpm_2_ancestral),
+    "lms": (fd.sample_lms, ref.lms),
+    "dpmpp_2s_ancestral": (fd.sample_dpmpp_2s_ancestral, ref.dpmpp_2s_ancestral),
+    "dpmpp_sde": (fd.sample_dpmpp_sde, ref.dpmpp_sde),
+    "dpmpp_2m": (fd.sample_dpmpp_2m, ref.dpmpp_2m),
+    "dpmpp_2m_sde": (fd.sample_dpmpp_2m_sde, ref.dpmpp_2m_sde),
+    "dpmpp_3m_sde": (fd.sample_dpmpp_3m_sde, ref.dpmpp_3m_sde),
+    "dpm_fast": (fd.sample_dpm_fast, ref.dpm_fast),
+    "dpm_adaptive": (fd.sample_dpm_adaptive, ref.dpm_adaptive),
 }
+
+
+def solver_at(name: str, budget: int) -> solvers.Solver:
+    """The registry's solver as this bench runs it at `budget` model calls (dpm_fast is given them as nfe)."""
+    return solvers.get_solver(name, nfe=budget) if name == "dpm_fast" else solvers.get_solver(name)
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -76,7 +79,7 @@ def quality(args: argparse.Namespace) -> None:
         print(rows[-1], flush=True)
 
     for name in args.samplers:
-        sampler, _, calls_of = SAMPLERS[name]
+        sampler, _ = SAMPLERS[name]
         if name == "dpm_adaptive":
             for rtol in args.rtol:
                 record(f"dpm_adaptive rtol={rtol}", 0, None,
@@ -84,13 +87,15 @@ def quality(args: argparse.Namespace) -> None:
                                                  return_info=True, disable=True))
             continue
         for budget in args.budgets:
-            if name == "dpm_fast":
-                record(name, budget, budget, lambda: sampler(denoiser, noise * sigma_max, sigma_min, sigma_max, budget,
-                                                             disable=True))
+            solver = solver_at(name, budget)
+            steps = solver.steps_for(budget)
+            if name == "dpm_fast":  # over the range [sigma_max, sigma_min], its steps fixed by nfe
+                record(name, budget, solver.calls(steps), lambda: sampler(denoiser, noise * sigma_max, sigma_min,
+                                                                          sigma_max, budget, disable=True))
                 continue
-            calls, steps, _ = demo.within_budget([({}, calls_of)], budget)
             sigmas = fd.get_sigmas_karras(steps, sigma_min, sigma_max)
-            record(name, budget, calls, lambda: sampler(denoiser, noise * sigmas[0], sigmas, disable=True))
+            record(name, budget, solver.calls(steps),
+                   lambda: sampler(denoiser, noise * sigmas[0], sigmas, disable=True))
     write_csv("samplers_digits", rows)
     plot(rows, RESULTS / "samplers_digits_cpu.png")
     save_grid({key: images for key, images in pictures.items() if not key[0].startswith("dpm_adaptive")},
@@ -107,8 +112,7 @@ def plot(rows: list[dict], path: Path) -> None:
     names = dict.fromkeys(r["sampler"] for r in rows if not r["sampler"].startswith("dpm_adaptive"))
     for k, name in enumerate(names):
         mine = [r for r in rows if r["sampler"] == name]
-        stochastic = name in {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-                              "dpmpp_3m_sde"}
+        stochastic = solver_at(name, mine[0]["budget"]).stochastic
         ax.plot([r["calls"] for r in mine], [r["fd"] for r in mine], "--" if stochastic else "-", marker="o",
                 color=plt.cm.tab20(k), label=name)
     adaptive = [r for r in rows if r["sampler"].startswith("dpm_adaptive")]
@@ -132,7 +136,7 @@ def overhead(args: argparse.Namespace) -> None:
     sigmas = fd.get_sigmas_karras(args.steps, 0.01, 20.0)
     rows = []
     for name in args.samplers:
-        ours, theirs, _ = SAMPLERS[name]
+        ours, theirs = SAMPLERS[name]
         if name in ("dpm_fast", "dpm_adaptive"):
             extra = (args.steps,) if name == "dpm_fast" else ()
             run_ours = lambda: ours(model, x, 0.01, 20.0, *extra, disable=True)  # noqa: E731

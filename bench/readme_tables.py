@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from fused_diffusion.solvers import SOLVERS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -67,8 +69,9 @@ def quality_table() -> str:
     """FD of the digits model against model calls, from bench_quality.py."""
     rows = read_csv(RESULTS / "quality_digits_cpu.csv")
     floor = next(r for r in rows if r["calls"] == "0")
-    labels = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpm_2": "DPM-2", "dpmpp_2m": "DPM++(2M)",
-              "ipndm": "iPNDM", "amed": "AMED, r = ½ (AMED's schedule, no predictor)", "amed_learned": "AMED (learned)",
+    # the solvers' own labels; the AMED rows say how the bench ran them
+    labels = {**{name: cls.label for name, cls in SOLVERS.items()},
+              "amed": "AMED, r = ½ (AMED's schedule, no predictor)", "amed_learned": "AMED (learned)",
               "amed_plugin": "AMED-Plugin (iPNDM)"}
     return (f"FD of {floor['samples']} digits samples against model calls (train-split floor "
             f"{significant(float(floor['fd']))}; the best of each column in bold; · = the solver cannot spend exactly "
