@@ -16,6 +16,15 @@ def test_the_same_call_reuses_its_plan_and_new_values_make_a_new_one():
     assert run.cached_plan(get_solver("dpmpp_2m"), schedule) is not first
 
 
+def test_settings_that_change_only_table_values_make_a_new_plan():
+    """graph_key leaves such settings out (they need no new graph): the plan cache must not."""
+    schedule = fd.get_sigmas_karras(6, 0.1, 10.0)
+    for name, options in (("euler_ancestral", ({"eta": 0.5}, {"eta": 0.7})), ("dpmpp_2m_sde", ({"eta": 0.3}, {"eta": 1.0})),
+                          ("lms", ({"order": 2}, {"order": 3}))):
+        first, second = (run.cached_plan(get_solver(name, **o), schedule) for o in options)
+        assert first is not second and not all(torch.equal(first.host[k], second.host[k]) for k in first.host)
+
+
 def test_an_edited_schedule_samples_as_a_fresh_plan_would():
     model = lambda x, sigma: x / (1 + sigma.reshape(-1, 1) ** 2)  # noqa: E731
     x = torch.randn(3, 4, dtype=torch.float64)

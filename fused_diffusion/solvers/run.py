@@ -188,11 +188,13 @@ def cached_plan(solver: Solver, schedule: Tensor, stop: int | None = None) -> Pl
     a k-diffusion-style `sample_*` call makes a new plan each time, and its tables and checks (~200 us) cost more than
     a small run's steps. A solver holding more than plain settings (a learned predictor), or a schedule that needs
     gradients, gets a new plan each call. The last PLANS_KEPT plans are kept."""
-    settings = solver.graph_key() if isinstance(solver, Solver) else None
+    # every setting, not graph_key(): that one leaves out what changes only table values (eta, a scale, a gamma)
+    settings = tuple(sorted(vars(solver).items())) if isinstance(solver, Solver) else None
     if not (isinstance(schedule, Tensor) and schedule.dim() == 1 and schedule.device.type in ("cpu", "cuda")
             and not schedule.requires_grad and _plain(settings)):  # else Plan takes it, or names what is wrong
         return Plan(solver, schedule, stop)
-    key = (settings, schedule.dtype, schedule.device, tuple(schedule.tolist()), stop)  # sync-ok: Plan reads it too
+    # sync-ok: Plan reads the schedule on the host too
+    key = (type(solver), settings, schedule.dtype, schedule.device, tuple(schedule.tolist()), stop)
     plan = _plans.get(key)
     if plan is None:
         plan = _plans[key] = Plan(solver, schedule, stop)
