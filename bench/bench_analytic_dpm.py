@@ -27,7 +27,7 @@ import fused_diffusion as fd  # noqa: E402
 from bench_digits import RESULTS, plot_fd_against_steps, save_grid, write_csv  # noqa: E402
 from fused_diffusion import metrics, solvers  # noqa: E402
 from fused_diffusion.analytic_dpm import estimate_gamma  # noqa: E402
-from fused_diffusion.solvers.analytic_dpm import AnalyticDPM, analytic_dpm_timesteps  # noqa: E402
+from fused_diffusion.solvers.analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps  # noqa: E402
 from fused_diffusion.zoo.data import load_digits_split  # noqa: E402
 
 # row name: (eta, variance, clip_last_noise) of fd.solvers.AnalyticDPM

@@ -13,7 +13,7 @@ from .sampling import (sample_amed, sample_consistency, sample_ddim, sample_dpm_
                        sample_dpmpp_2s_ancestral, sample_dpmpp_3m_sde, sample_dpmpp_sde, sample_euler,
                        sample_euler_ancestral, sample_heun, sample_ipndm, sample_lms, sample_shortcut,
                        sample_unipc)
-from .solvers.analytic_dpm import sample_analytic_dpm
+from .solvers.analytic_dpm_sampler import sample_analytic_dpm
 from .schedules import (ddpm_alphas_cumprod, get_flow_times, get_sigmas_discrete, get_sigmas_exponential,
                         get_sigmas_karras, get_sigmas_logsnr, get_sigmas_polyexponential, get_sigmas_polynomial,
                         get_sigmas_time_uniform, get_sigmas_vp, img2img, sigmas_from_alphas_cumprod)

@@ -6,7 +6,7 @@ in closed form given one number per timestep,
 
 which `estimate_gamma` measures once per model and schedule by Monte Carlo over the training data (cached in memory,
 and on disk with `GammaEstimate.save` / `load`). `optimal_variance` turns it into the reverse variances of a skipped
-timestep sequence (Theorem 1, with the Theorem 2 bounds), and `fd.sample_analytic_dpm` (solvers/analytic_dpm.py)
+timestep sequence (Theorem 1, with the Theorem 2 bounds), and `fd.sample_analytic_dpm` (solvers/analytic_dpm_sampler.py)
 samples with them.
 
 Timesteps are the model's own indices t = 0 .. T-1 (diffusers' convention, ᾱ_t = alphas_cumprod[t]); the paper's

@@ -33,10 +33,8 @@ import importlib.metadata
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -46,15 +44,12 @@ from tqdm import tqdm
 import fused_diffusion as fd
 from fused_diffusion import cli_args, files
 from fused_diffusion.files import write_atomically
+from fused_diffusion.sample_folder import (FORMAT, MANIFEST, SEED_MULTIPLIER, barrier, check_folder, pause_after,
+                                           usage_error, write_json)
 
-PROG = "python -m fused_diffusion generate"
 MODELS = ("digits",)
-SEED_MULTIPLIER = 1_000_003
 MAX_SEED = 2**63 - 1  # shard seeds stay within int64 (what torch.randint draws below and JSON readers keep exact)
-PAUSE_ENV = "FUSED_DIFFUSION_GENERATE_PAUSE_AFTER"
-MANIFEST = "manifest.json"
 METRICS = "metrics.json"
-FORMAT = 1  # of the manifest and shard files: part of the configuration, so a future layout refuses old folders
 
 
 # the fd.Sampler solvers this command runs, with their default options; how many model calls a number of steps
@@ -102,12 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="under torchrun, CUDA ranks use cuda:LOCAL_RANK")
     parser.add_argument("--threads", type=cli_args.count(), default=None,
                         help="CPU threads per process (default: torch's choice; 1 under torchrun)")
-
-
-def usage_error(message: str) -> NoReturn:
-    """Exits as argparse does for a bad argument: status 2 and one line on stderr."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 PIPELINE_ONLY = ("prompts", "negative_prompt", "deepcache_interval", "skip_tuning", "height", "width", "guidance")
@@ -197,34 +186,6 @@ def new_manifest(config: dict) -> dict:
     return {"config": config, "digest": digest(config), "shards": shards, "versions": versions}
 
 
-def check_folder(out: Path, config: dict) -> bool:
-    """Whether `out` already holds this configuration's manifest; exits as an argument error (status 2, one line)
-    if `out` is a file, its manifest unreadable, or it holds another configuration. Reads only."""
-    if out.exists() and not out.is_dir():
-        usage_error(f"argument --out: {str(out)!r} is a file, not a folder")
-    path = out / MANIFEST
-    if not path.exists():
-        return False
-    try:
-        found = json.loads(path.read_text())["config"]
-        if not isinstance(found, dict):
-            raise TypeError(f"its 'config' is a {type(found).__name__}, not an object")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        usage_error(f"argument --out: {path} is not a manifest of this command ({type(error).__name__}: {error}); "
-                    "use another --out")
-    if found == config:
-        return True
-    differing = [f"{key}: {found.get(key)!r} there, {config.get(key)!r} now"
-                 for key in sorted(set(found) | set(config), key=str) if found.get(key) != config.get(key)]
-    usage_error(f"argument --out: {out} holds samples of another configuration (differing: {'; '.join(differing)}); "
-                "rerun with the same arguments to resume, or choose another --out")
-
-
-def write_json(path: Path, value: dict) -> None:
-    """`value` as indented JSON, atomically."""
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
-
-
 def shard_metadata(shard: dict, config_digest: str) -> dict:
     """What a shard file records of itself: its index, seed and size, and the configuration's digest."""
     return {"index": shard["index"], "seed": shard["seed"], "samples": shard["samples"], "digest": config_digest}
@@ -291,12 +252,6 @@ def compute_metrics(out: Path, manifest: dict) -> dict:
             "metric": "Frechet distance of digits-classifier features to the 297 held-out digits (not FID)"}
 
 
-def pause_after() -> int | None:
-    """The test hook's shard count (see the module docstring), or None."""
-    value = os.environ.get(PAUSE_ENV)
-    return int(value) if value else None
-
-
 def main(args: argparse.Namespace) -> None:
     """Checks the arguments, joins torch.distributed when torchrun started more than one process (gloo on CPU, nccl
     on CUDA), sets the thread count, and generates."""
@@ -322,12 +277,6 @@ def main(args: argparse.Namespace) -> None:
     finally:
         if world > 1:
             dist.destroy_process_group()
-
-
-def barrier(world: int) -> None:
-    """Waits for every rank (no-op on one process)."""
-    if world > 1:
-        dist.barrier()
 
 
 def generate(args: argparse.Namespace, steps: int, device: torch.device, rank: int, world: int) -> None:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 import fused_diffusion as fd
 from fused_diffusion.files import write_atomically
-from fused_diffusion.generate import (FORMAT, MANIFEST, PAUSE_ENV, SEED_MULTIPLIER, barrier, check_folder,
-                                      pause_after, usage_error, write_json)
+from fused_diffusion.sample_folder import (FORMAT, MANIFEST, PAUSE_ENV, SEED_MULTIPLIER, barrier, check_folder,
+                                           pause_after, usage_error, write_json)
 
 __all__ = ["PAUSE_ENV", "generate_pipeline", "read_prompts"]
 

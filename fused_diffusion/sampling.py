@@ -160,10 +160,10 @@ def sample_dpmpp_3m_sde(model: Model, x: Tensor, sigmas: Tensor, extra_args: dic
                           k_diffusion_rng=k_diffusion_rng)
 
 
-def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed.Predictor | None = None,
+def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed_sampler.Predictor | None = None,
                 afs: bool = True, scale_dir: float = 1.0, scale_time: float = 1.0, denoise_to_zero: bool = False,
                 extra_args: dict | None = None, callback: Callback | None = None, disable: bool | None = None) -> Tensor:
-    """AMED-Solver; predictor=None uses r = 1/2. See solvers/amed.py for the predictor protocol.
+    """AMED-Solver; predictor=None uses r = 1/2. See solvers/amed_sampler.py for the predictor protocol.
 
     As the AMED code, a schedule may end above 0 (at sigma_min): each interval is one AMED step (two model calls,
     one with AFS on the first); `denoise_to_zero=True` then adds one call returning D(x, sigma_min). A schedule
@@ -179,14 +179,14 @@ def sample_amed(model: Model, x: Tensor, sigmas: Tensor, predictor: solvers.amed
 
 
 def sample_ipndm(model: Model, x: Tensor, sigmas: Tensor, max_order: int = 4, afs: bool = False,
-                 predictor: solvers.amed.Predictor | None = None, scale_dir: float = 1.0, scale_time: float = 1.0,
+                 predictor: solvers.amed_sampler.Predictor | None = None, scale_dir: float = 1.0, scale_time: float = 1.0,
                  extra_args: dict | None = None, callback: Callback | None = None,
                  disable: bool | None = None) -> Tensor:
     """iPNDM, the improved PNDM of Zhang & Chen 2023 ("Fast Sampling of Diffusion Models with Exponential
     Integrator", DEIS): Adams-Bashforth of order up to `max_order` (1..4) on dx/dsigma, lower orders while the
     history fills; one model call per step (none on the first with `afs`, the analytic first step).
 
-    With a `predictor` (solvers/amed.py's protocol) it is the AMED-Plugin on iPNDM (Zhou et al. 2024, "Fast
+    With a `predictor` (solvers/amed_sampler.py's protocol) it is the AMED-Plugin on iPNDM (Zhou et al. 2024, "Fast
     ODE-based Sampling for Diffusion Models in Around 5 Steps"): a predicted intermediate sigma per step, two model
     calls per step, as `ipndm_sampler` in zju-pi/diff-sampler. A schedule may end at 0 (the last step is the plain
     multistep step to 0) or above 0. See solvers/ipndm.py."""

@@ -11,7 +11,7 @@ from torch import nn
 import fused_diffusion as fd
 from fused_diffusion import analytic_dpm, solvers
 from fused_diffusion.analytic_dpm import GammaEstimate, estimate_gamma, optimal_variance
-from fused_diffusion.solvers.analytic_dpm import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
+from fused_diffusion.solvers.analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
 
 AC = fd.ddpm_alphas_cumprod(1000)
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import fused_diffusion as fd
 from fused_diffusion import __main__ as cli
-from fused_diffusion import generate
+from fused_diffusion import generate, sample_folder
 
 # 12 samples in shards of 4 (rank 0 of 2 takes shards 0 and 2, rank 1 shard 1), batches of 3 so a shard takes
 # two sampler calls of different sizes
@@ -160,7 +160,7 @@ def descendants(pid: int) -> list[int]:
 def test_killed_two_process_run_resumes_to_the_one_process_shards(reference, tmp_path):
     out = tmp_path / "out"
     # each worker sleeps after its first shard: shards 0 and 1 exist, shard 2 (rank 0's second) does not
-    proc = torchrun(out, env={generate.PAUSE_ENV: "1"}, wait=False)
+    proc = torchrun(out, env={sample_folder.PAUSE_ENV: "1"}, wait=False)
     deadline = time.monotonic() + 120
     while not all((out / name).exists() for name in SHARDS[:2]):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]

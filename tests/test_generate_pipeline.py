@@ -22,7 +22,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from fused_diffusion import __main__ as cli  # noqa: E402
-from fused_diffusion import generate  # noqa: E402
+from fused_diffusion import sample_folder  # noqa: E402
 from test_generate import descendants  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -133,7 +133,7 @@ def test_two_gloo_processes_give_the_same_bytes_also_after_a_kill(reference, pip
     assert images(out) == images(reference)
     assert (out / "manifest.json").read_text() == (reference / "manifest.json").read_text()
     resumed = tmp_path / "resumed"
-    proc = torchrun(*arguments(pipeline_folder, resumed), env={generate.PAUSE_ENV: "1"}, wait=False)
+    proc = torchrun(*arguments(pipeline_folder, resumed), env={sample_folder.PAUSE_ENV: "1"}, wait=False)
     deadline = time.monotonic() + 240
     while sum((resumed / name).exists() for name in ITEMS) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]

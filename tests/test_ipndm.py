@@ -20,7 +20,7 @@ def sigmas(n, end="zero", dtype=torch.float64):
     return s if end == "zero" else fd.get_sigmas_karras(n + 1, SIGMA_MIN, SIGMA_MAX).to(dtype)[:-1]
 
 
-# AMED predictors in the solvers/amed.py protocol: predictor(x, sigma[B], sigma_next[B], analytic)
+# AMED predictors in the solvers/amed_sampler.py protocol: predictor(x, sigma[B], sigma_next[B], analytic)
 def constant_r(x, sigma, sigma_next, analytic):
     return torch.full_like(sigma, 0.4)
 

@@ -1,8 +1,8 @@
 """Solver families: one coefficient table + step function each, all run by the loop in base.py."""
 import inspect
 
-from .amed import AMED
-from .analytic_dpm import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
+from .amed_sampler import AMED
+from .analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
 from .base import DeviceTables, Plan, Solver
 from .consistency import Consistency
 from .ddim import DDIM, ddim_timesteps
@@ -16,7 +16,7 @@ from .ipndm import IPNDM
 from .lcm import LCM, TCD
 from .lms import LMS
 from .run import Run, check_input, run_steps, sample
-from .shortcut import Shortcut
+from .shortcut_sampler import Shortcut
 from .unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {

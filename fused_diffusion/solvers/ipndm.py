@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..schedules import check_bool, check_real
-from .amed import Predictor, check_predictor, predict
+from .amed_sampler import Predictor, check_predictor, predict
 from .base import Solver
 from .run import Run
 
@@ -42,7 +42,7 @@ class IPNDM(Solver):
     step's direction is the analytic d_0 = x / sqrt(1 + t_0^2) (no model call). A schedule ending at 0 takes the same
     step to 0 (with order 1 it lands on D).
 
-    With a `predictor` (the AMED protocol of solvers/amed.py) each step is the AMED-Plugin: (r, scale_dir,
+    With a `predictor` (the AMED protocol of solvers/amed_sampler.py) each step is the AMED-Plugin: (r, scale_dir,
     scale_time) predicted per sample, t_mid = t_{i+1}^r t_i^(1-r), then
         x_mid = x_i + (t_mid - t_i) AB(d_i),  push d_i,
         d_mid = (x_mid - D(x_mid, scale_time t_mid)) / t_mid,
