@@ -2,6 +2,8 @@
 sample_lms."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -11,22 +13,30 @@ from .base import Solver
 from .run import Run
 
 
+@functools.cache
+def _gauss_legendre(order: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(order)
+
+
 def lagrange_weights(sigmas: Tensor, i: int, order: int) -> Tensor:
     """w_j = integral over [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial through sigma_i, ..., sigma_{i-order+1}
     that is 1 at sigma_{i-j} (k-diffusion's linear_multistep_coeff). The integrand has degree order - 1, so Gauss-Legendre
-    with `order` nodes is exact; a repeated node makes a weight infinite (refused by the plan)."""
-    nodes, gauss_weights = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(order))
-    a, b = sigmas[i], sigmas[i + 1]
+    with `order` nodes is exact; a repeated node makes a weight infinite (refused by the plan). In numpy float64: a
+    plan makes one per step, and a chain of torch ops on a few numbers costs ~100x more on the host."""
+    nodes, gauss_weights = _gauss_legendre(order)
+    grid = sigmas.numpy()
+    a, b = grid[i], grid[i + 1]
     tau = (b - a) / 2 * nodes + (a + b) / 2
-    known = sigmas[i - order + 1 : i + 1].flip(0)  # sigma_i, sigma_{i-1}, ...
-    weights = []
-    for j in range(order):
-        basis = torch.ones_like(tau)
-        for k in range(order):
-            if k != j:
-                basis = basis * (tau - known[k]) / (known[j] - known[k])
-        weights.append((b - a) / 2 * (gauss_weights * basis).sum())
-    return torch.stack(weights)
+    known = grid[i - order + 1 : i + 1][::-1]  # sigma_i, sigma_{i-1}, ...
+    weights = np.empty(order)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a repeated node: inf / nan, refused by the plan
+        for j in range(order):
+            basis = np.ones_like(tau)
+            for k in range(order):
+                if k != j:
+                    basis = basis * (tau - known[k]) / (known[j] - known[k])
+            weights[j] = (b - a) / 2 * (gauss_weights * basis).sum()
+    return torch.from_numpy(weights).to(sigmas.dtype)
 
 
 class LMS(Solver):
