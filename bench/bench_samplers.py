@@ -2,7 +2,7 @@
 and what the solver itself costs (its fused stages against k-diffusion's chain of torch ops) with a nearly free model.
 
     python bench/bench_samplers.py quality --threads 1     # -> results/samplers_digits_cpu.csv/.png
-    python bench/bench_samplers.py overhead                # -> results/samplers_overhead_cpu.csv
+    python bench/bench_samplers.py overhead                # -> results/samplers_overhead_cpu.csv/.png
     python bench/readme_tables.py samplers samplers_overhead
 
 quality: FD (fd.metrics: the digits classifier's features against the held-out digits) of --samples samples from
@@ -126,42 +126,105 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
+SHORT = 2  # the short run the per-step time is measured from (k-diffusion's dpmpp_2m_sde fails on 1 step)
+
+
 def overhead(args: argparse.Namespace) -> None:
-    """Solver cost alone: fd against the unfused k-diffusion loop, same inputs, one run each after a warm-up."""
-    x = torch.randn(*args.shape, generator=torch.Generator().manual_seed(0)) * 20
+    """Host time per step of the solver alone, at each shape: fd's sample_* against k-diffusion's update rules
+    (tests/reference_samplers.py) and, where a diffusers scheduler runs the same solver, against diffusers' own loop
+    (set_timesteps, scale_model_input, step), each with a model that is one multiply. A step's time is the difference
+    between runs of --steps and of SHORT steps over the steps between (what a call costs once is reported apart: fd's
+    first call builds the plan it then keeps); the minimum of --repeats interleaved runs each."""
+    import diffusers
+
+    from fused_diffusion.integrations.diffusers import FusedScheduler
+
+    torch.set_num_threads(args.threads)
 
     def model(x, sigma):
         return x * (1 / (1 + sigma**2)).reshape(-1, *[1] * (x.dim() - 1))
 
-    sigmas = fd.get_sigmas_karras(args.steps, 0.01, 20.0)
+    def diffusers_loop(scheduler_class, x0: torch.Tensor, steps: int) -> Callable[[], torch.Tensor]:
+        scheduler = scheduler_class()
+
+        def run() -> torch.Tensor:
+            scheduler.set_timesteps(steps)
+            x = x0 * scheduler.init_noise_sigma
+            for t in scheduler.timesteps:
+                x = scheduler.step(0.5 * scheduler.scale_model_input(x, t), t, x).prev_sample
+            return x
+
+        return run
+
     rows = []
-    for name in args.samplers:
-        ours, theirs = SAMPLERS[name]
-        if name in ("dpm_fast", "dpm_adaptive"):
-            extra = (args.steps,) if name == "dpm_fast" else ()
-            run_ours = lambda: ours(model, x, 0.01, 20.0, *extra, disable=True)  # noqa: E731
-            run_theirs = lambda: theirs(model, x, 0.01, 20.0, *extra)  # noqa: E731
-        else:
-            run_ours = lambda: ours(model, x, sigmas, disable=True)  # noqa: E731
-            run_theirs = lambda: theirs(model, x, sigmas)  # noqa: E731
-        times = {}
-        for method, run in (("k-diffusion", run_theirs), ("fd", run_ours)):
-            run()  # warm-up
-            best = float("inf")
+    for shape in args.shapes:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 20
+        for name in args.samplers:
+            ours, theirs = SAMPLERS[name]
+            if name in ("dpm_fast", "dpm_adaptive"):
+                continue  # no fixed step count to difference over (dpm_fast's steps follow its nfe)
+            runs = {}
+            for steps in (SHORT, args.steps):
+                sigmas = fd.get_sigmas_karras(steps, 0.01, 20.0)
+                runs["fd", steps] = lambda sigmas=sigmas: ours(model, x, sigmas, disable=True)
+                runs["k-diffusion", steps] = lambda sigmas=sigmas: theirs(model, x, sigmas)
+                if name in FusedScheduler.SOLVERS:
+                    scheduler_class = getattr(diffusers, FusedScheduler.SOLVERS[name])
+                    runs["diffusers", steps] = diffusers_loop(scheduler_class, x, steps)
+            times = {key: float("inf") for key in runs}
+            for run in runs.values():
+                run()  # warm-up (fd: the plans it keeps)
             for _ in range(args.repeats):
-                torch.manual_seed(0)
-                start = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - start)
-            times[method] = best
-        with count_op_launches() as launches:
-            run_ours()
-        rows.append({"sampler": name, "shape": "x".join(map(str, args.shape)), "steps": args.steps,
-                     "backend": fd.backends()["active"]["cpu"], "fd_launches": launches.count,
-                     "k_diffusion_ms": round(times["k-diffusion"] * 1e3, 2), "fd_ms": round(times["fd"] * 1e3, 2),
-                     "speedup": round(times["k-diffusion"] / times["fd"], 2)})
-        print(rows[-1], flush=True)
-    write_csv("samplers_overhead", rows)
+                for key, run in runs.items():
+                    torch.manual_seed(0)
+                    start = time.perf_counter()
+                    run()
+                    times[key] = min(times[key], time.perf_counter() - start)
+            per_step = {method: 1e6 * (times[method, args.steps] - times[method, SHORT]) / (args.steps - SHORT)
+                        for method, steps in runs if steps == args.steps}
+            with count_op_launches() as launches:
+                runs["fd", args.steps]()
+            row = {"sampler": name, "label": solvers.get_solver(name).label, "shape": "x".join(map(str, shape)),
+                   "steps": args.steps, "short_steps": SHORT, "backend": fd.backends()["active"]["cpu"],
+                   "fd_launches": launches.count,
+                   **{f"{m.replace('-', '_')}_us_per_step": round(per_step.get(m, float("nan")), 1)
+                      for m in ("k-diffusion", "fd", "diffusers")},
+                   "fd_ms_per_call": round(1e3 * times["fd", args.steps], 3),
+                   "k_diffusion_ms_per_call": round(1e3 * times["k-diffusion", args.steps], 3),
+                   "speedup_vs_k_diffusion": round(per_step["k-diffusion"] / per_step["fd"], 2),
+                   "speedup_vs_diffusers": round(per_step["diffusers"] / per_step["fd"], 2) if "diffusers" in per_step
+                   else ""}
+            rows.append(row)
+            print(row, flush=True)
+    path = write_csv("samplers_overhead", rows)
+    plot_overhead(rows, Path(path).with_suffix(".png"))
+
+
+def plot_overhead(rows: list[dict], path: Path) -> None:
+    """Host time per step of each sampler, one panel per shape: fd against k-diffusion's rules and diffusers' loop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        cells = [r for r in rows if r["shape"] == shape]
+        for offset, (method, color) in enumerate((("k_diffusion", "tab:gray"), ("diffusers", "tab:orange"),
+                                                 ("fd", "tab:blue"))):
+            ax.bar([i + (offset - 1) * 0.27 for i in range(len(cells))],
+                   [float(r[f"{method}_us_per_step"]) for r in cells], width=0.27, color=color,
+                   label={"k_diffusion": "k-diffusion's rules", "diffusers": "diffusers' loop", "fd": "fd"}[method])
+        ax.set_xticks(range(len(cells)), [r["label"] for r in cells], rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"x {shape}")
+        ax.set_yscale("log")  # the SDE samplers are their Brownian tree, 100x the others
+        ax.set_ylabel("host time per step, us")
+        ax.legend(fontsize=8)
+    fig.suptitle("Solver host time per step (model: one multiply); lower is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -176,8 +239,10 @@ def main() -> None:
     q.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     o = sub.add_parser("overhead")
     o.add_argument("--steps", type=int, default=20)
-    o.add_argument("--shape", type=int, nargs="+", default=[16, 4, 64, 64])
-    o.add_argument("--repeats", type=int, default=5)
+    o.add_argument("--shapes", type=lambda text: [int(n) for n in text.split("x")], nargs="+",
+                   default=[[1, 4, 8, 8], [4, 4, 32, 32], [8, 4, 64, 64]], help="e.g. 1x4x8x8 8x4x64x64")
+    o.add_argument("--repeats", type=int, default=11)
+    o.add_argument("--threads", type=int, default=1)
     o.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Should have t")  # torchsde's clamped queries (see fd.noise)

@@ -94,15 +94,29 @@ def samplers_table() -> str:
 
 
 def samplers_overhead_table() -> str:
-    """The solver's own time, fused against k-diffusion's ops, from bench_samplers.py overhead."""
+    """Host time per step of the solver, fused against k-diffusion's ops and diffusers' loop, from bench_samplers.py
+    overhead."""
     rows = read_csv(RESULTS / "samplers_overhead_cpu.csv")
     first = rows[0]
-    lines = ["| sampler | k-diffusion's ops, ms | fd, ms | speed-up | fd launches |", "|---|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['k_diffusion_ms']} | {r['fd_ms']} | {r['speedup']}× | {r['fd_launches']} |"
-              for r in rows]
-    return (f"{first['steps']} steps on x of shape {first['shape']} (float32) with a model that is one multiply, so the "
-            f"time is the solver's; fd on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
-            f"(tests/reference_samplers.py), the same inputs, the best of 5 runs each. " + provenance(first) + "\n\n"
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    lines = ["| sampler | " + " | ".join(f"x {shape}: k-diffusion / diffusers / fd, us" for shape in shapes) + " |",
+             "|---|" + "---|" * len(shapes)]
+    cells = {(r["sampler"], r["shape"]): r for r in rows}
+
+    def cell(r: dict) -> str:
+        diffusers = r["diffusers_us_per_step"]
+        shown = "–" if diffusers in ("", "nan") else diffusers
+        return (f"{r['k_diffusion_us_per_step']} / {shown} / **{r['fd_us_per_step']}** "
+                f"({float(r['speedup_vs_k_diffusion']):.2f}×)")
+
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        lines.append(f"| {cells[sampler, shapes[0]]['label']} | "
+                     + " | ".join(cell(cells[sampler, shape]) for shape in shapes) + " |")
+    return (f"Host time per step with a model that is one multiply, so the time is the solver's (and its checks): fd's "
+            f"`sample_*` on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
+            f"(tests/reference_samplers.py) and diffusers' own loop where a diffusers scheduler runs the same solver; "
+            f"runs of {first['steps']} and {first['short_steps']} steps differenced, the best of interleaved runs, speed against "
+            f"k-diffusion in brackets (bench/results/samplers_overhead_cpu.png). " + provenance(first) + "\n\n"
             + "\n".join(lines))
 
 
