@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from . import files
 from .models import unwrap_output
-from .schedules import check_alphas_cumprod, check_bool, check_count, check_real, describe
+from .schedules import check_alphas_cumprod
+from .checks import check_bool, check_count, check_eta, check_real, describe
 
 @dataclass(eq=False)
 class GammaEstimate:
@@ -136,15 +137,6 @@ def check_data_range(data_range: object) -> tuple[float, float] | None:
     return low, high
 
 
-def check_eta(eta: object) -> float:
-    """DDIM's η in [0, 1]: λ² = η² β̃ must stay below β̄ of the step's end (the square root of the mean's ε
-    coefficient), which η <= 1 guarantees on any schedule."""
-    eta = check_real("eta", eta, at_least=0)
-    if eta > 1:
-        raise ValueError(f"eta must be in [0, 1] (lambda^2 = eta^2 * the DDPM posterior variance), got {eta}")
-    return eta
-
-
 def _list(values: Tensor, limit: int = 12) -> str:
     """Integer timesteps for a message: a range when contiguous, else the first few."""
     items = values.tolist()
@@ -174,7 +166,7 @@ def optimal_variance(alphas_cumprod: Tensor, timesteps: Tensor | Sequence[int], 
     """
     ac = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
     t = check_timesteps("timesteps", timesteps, len(ac), order="decreasing")
-    eta = check_eta(eta)
+    eta = check_eta(eta, ddim=True)
     data_range = check_data_range(data_range)
     if isinstance(gamma, GammaEstimate):
         if gamma.schedule is not None and gamma.schedule != schedule_digest(ac):

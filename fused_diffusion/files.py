@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from .schedules import describe
+from .checks import describe
 
 HEADER_ALIGNMENT = 8  # safetensors pads its JSON header with spaces to this many bytes
 

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from .sampling import sample_dpmpp_2m
-from .schedules import describe, get_sigmas_karras
+from .schedules import get_sigmas_karras
+from .checks import describe
 from .solvers import check_input
 from .zoo.classifier import DigitsClassifier, load_classifier
 from .zoo.data import NATIVE_RESOLUTION, load_digits_split, resize

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .schedules import check_bool, check_real, describe, sigmas_from_alphas_cumprod
+from .schedules import sigmas_from_alphas_cumprod
+from .checks import check_bool, check_real, describe
 
 
 def unwrap_output(out: Any) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .schedules import check_real, describe
+from .checks import check_real, describe
 
 
 def default_noise_sampler(x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from . import solvers
 from .noise import BrownianTreeNoiseSampler
-from .schedules import check_count, get_flow_times, validate_sigmas
+from .schedules import get_flow_times, validate_sigmas
+from .checks import check_count
 from .shortcut import check_step_model
 from .solvers.dpm_solver import sample_dpm_adaptive, sigma_range
 from .solvers.run import Callback, NoiseSampler

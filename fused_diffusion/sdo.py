@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .schedules import check_count, describe
+from .checks import check_count, describe
 from .solvers import Plan, Run, Solver, check_input, get_solver, run_steps
 from .solvers.run import Callback, NoiseSampler
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .schedules import check_bool, check_callable, check_count, check_real, describe
+from .checks import check_bool, check_callable, check_count, check_real, describe
 
 LEVELS = 7  # step sizes d = 1, 1/2, ..., 1/128: log2 indices 0..7, index 7 also the flow-matching ("d = 0") token
 MAX_LEVELS = 24  # times on the grid k / 2^levels stay exact in float32 (24-bit significand)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from .. import schedules, solvers
-from ..schedules import describe
+from .. import checks, schedules, solvers
+from ..checks import describe
 from .predictor import STUDENTS, Predictor, bottleneck_dim
 
 SCHEDULES = {"polynomial": schedules.get_sigmas_polynomial, "time_uniform": schedules.get_sigmas_time_uniform,
@@ -31,7 +31,7 @@ def schedule(calls: int, sigma_min: float, sigma_max: float, afs: bool = True, k
     each step two calls (an AMED step, or an AMED-Plugin step), one less with AFS. As the AMED code: `kind` is
     'polynomial' (EDM's, exponent rho, default 7), 'time_uniform' (VP time, rho default 1: uniform; the paper's
     choice for AMED-Solver) or 'logsnr'."""
-    calls, afs = schedules.check_count("calls", calls), schedules.check_bool("afs", afs)
+    calls, afs = checks.check_count("calls", calls), checks.check_bool("afs", afs)
     if kind == "logsnr" and rho is not None:
         raise ValueError(f"rho shapes the 'polynomial' and 'time_uniform' schedules; kind='logsnr' takes none, got "
                          f"rho={rho!r}")
@@ -50,7 +50,7 @@ def refine(sigmas: Tensor, M: int, rho: float = 7.0) -> Tensor:
     """`sigmas` with M points inserted in every interval, uniformly in sigma^(1/rho) (for EDM's polynomial schedule
     this is the same schedule with (M + 1) n + 1 points, as the AMED code's teacher)."""
     sigmas = schedules.validate_sigmas(sigmas).detach().double()
-    M, rho = schedules.check_count("M", M, minimum=0), schedules.check_real("rho", rho, above=0)
+    M, rho = checks.check_count("M", M, minimum=0), checks.check_real("rho", rho, above=0)
     ramp = sigmas ** (1 / rho)
     fractions = torch.arange(M + 1, dtype=torch.float64) / (M + 1)
     inner = ramp[:-1, None] + fractions * (ramp[1:] - ramp[:-1])[:, None]
@@ -193,12 +193,12 @@ def _check(denoiser: Any, sigmas: Tensor, shape: Any, student: str, teacher: Any
     if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
         raise TypeError(f"shape must be one sample's shape, a non-empty tuple of ints such as (1, 8, 8), got "
                         f"{describe(shape)}")
-    shape = tuple(schedules.check_count(f"shape[{i}]", size) for i, size in enumerate(shape))
+    shape = tuple(checks.check_count(f"shape[{i}]", size) for i, size in enumerate(shape))
     if not isinstance(student, str) or student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
     for name, value, low in (("M", M, 0), ("trajectories", trajectories, 1), ("batch", batch, 1), ("seed", seed, 0)):
-        schedules.check_count(name, value, minimum=low)
-    schedules.check_real("lr", lr, above=0)  # (distill reads them as plain numbers: the predictor's info is JSON)
+        checks.check_count(name, value, minimum=low)
+    checks.check_real("lr", lr, above=0)  # (distill reads them as plain numbers: the predictor's info is JSON)
     if student == "ipndm" and max_order not in (1, 2, 3, 4):
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
     if extra_args is not None and not isinstance(extra_args, dict):
@@ -208,7 +208,7 @@ def _check(denoiser: Any, sigmas: Tensor, shape: Any, student: str, teacher: Any
         raise TypeError(f"predictor must be an fd.amed.Predictor to train further, or None, got {describe(predictor)}")
     for name, flag in flags.items():
         if not (name == "teacher_forcing" and flag is None):
-            schedules.check_bool(name, flag)
+            checks.check_bool(name, flag)
     return sigmas.detach(), shape, teacher_solver(teacher)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import files
-from ..schedules import check_bool, check_count, check_real
+from ..checks import check_bool, check_count, check_real
 
 STUDENTS = ("amed", "ipndm")
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..schedules import check_bool, check_callable, check_real
+from ..checks import check_bool, check_callable, check_real
 from .base import Solver
 from .run import Run
 

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..analytic_dpm import GammaEstimate, check_data_range, check_eta, check_timesteps, optimal_variance
-from ..schedules import check_alphas_cumprod, check_count, check_real, describe
+from ..analytic_dpm import GammaEstimate, check_data_range, check_timesteps, optimal_variance
+from ..schedules import check_alphas_cumprod
+from ..checks import check_count, check_eta, check_real, describe
 from .base import Solver
 from .ddim import ddim_timesteps
 from .run import Callback, Run, sample
@@ -70,7 +71,7 @@ class AnalyticDPM(Solver):
                  variance: str = "analytic", data_range: tuple[float, float] | None = (-1.0, 1.0),
                  clip_last_noise: float | None = 1.0):
         self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
-        self.eta = check_eta(eta)
+        self.eta = check_eta(eta, ddim=True)
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {', '.join(map(repr, VARIANCES))}, got {variance!r}")
         if variance == "analytic" and not isinstance(gamma, GammaEstimate):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor, nn
 
-from ..schedules import check_bool, check_count, check_real, validate_sigmas
+from ..schedules import validate_sigmas
+from ..checks import check_bool, check_count, check_real
 
 if TYPE_CHECKING:
     from .run import Run
@@ -204,11 +205,6 @@ class Plan:
                 tables.load(self.host)
         self._device[key] = (tables, self.version)
         return tables
-
-
-def check_eta(eta: float) -> float:
-    """The ancestral / SDE noise amount: eta >= 0 (0 is the deterministic solver)."""
-    return check_real("eta", eta, at_least=0)
 
 
 def check_tables_finite(solver: Solver, host: dict[str, Tensor], schedule: Tensor) -> None:

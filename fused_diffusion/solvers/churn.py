@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..schedules import check_real
+from ..checks import check_real
 from .base import Solver
 from .run import Run
 

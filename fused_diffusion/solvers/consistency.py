@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schedules import check_real
+from ..checks import check_real
 from .base import Solver
 from .run import Run
 

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..schedules import check_alphas_cumprod, check_count, check_real, describe
-from .base import Solver, check_eta
+from ..schedules import check_alphas_cumprod
+from ..checks import check_count, check_eta, check_real, describe
+from .base import Solver
 from .run import Run
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -71,9 +72,7 @@ class DDIM(Solver):
                  clip_sample: bool = True, clip_sample_range: float = 1.0, grid_steps: int | None = None):
         self.grid_steps = None if grid_steps is None else check_count("grid_steps", grid_steps)
         self.alphas_cumprod = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
-        self.eta, self.set_alpha_to_one = check_eta(eta), bool(set_alpha_to_one)
-        if self.eta > 1:  # the direction coefficient sqrt(1 - a_prev - std^2) has no real value above (diffusers: NaN)
-            raise ValueError(f"eta must be in [0, 1] (DDIM's std = eta * the DDPM posterior std), got {eta}")
+        self.eta, self.set_alpha_to_one = check_eta(eta, ddim=True), bool(set_alpha_to_one)
         self.clip_sample = bool(clip_sample)
         self.clip_sample_range = check_real("clip_sample_range", clip_sample_range, above=0)
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..schedules import check_bool, check_count, check_real
-from .base import Solver, check_eta
+from ..checks import check_bool, check_count, check_eta, check_real
+from .base import Solver
 from .euler import ancestral_sigmas
 from .model_calls import ModelCalls
 from .step_noise import NoiseSampler, checked_noise

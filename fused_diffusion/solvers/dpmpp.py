@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schedules import check_real
-from .base import Solver, check_eta
+from ..checks import check_eta, check_real
+from .base import Solver
 from .euler import Ancestral, ancestral_sigmas
 from .run import Run
 

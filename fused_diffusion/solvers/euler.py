@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schedules import check_real
-from .base import Solver, check_eta
+from ..checks import check_eta, check_real
+from .base import Solver
 from .run import Run
 from .churn import ChurnSolver
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..schedules import check_bool, check_real
+from ..checks import check_bool, check_real
 from .amed_sampler import Predictor, check_predictor, predict
 from .base import Solver
 from .run import Run

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schedules import check_alphas_cumprod, check_real
+from ..schedules import check_alphas_cumprod
+from ..checks import check_real
 from ..analytic_dpm import check_timesteps
 from .base import Solver
 from .run import Run

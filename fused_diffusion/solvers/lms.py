@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..schedules import check_count
+from ..checks import check_count
 from .base import Solver
 from .run import Run
 

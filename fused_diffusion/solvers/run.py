@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import trange
 
 from .. import ops
-from ..schedules import check_bool
+from ..checks import check_bool
 from .base import Plan, Solver, table_dtype
 from .finite import FiniteWatch, Source
 from .model_calls import ModelCalls

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schedules import check_has_data, describe
+from ..checks import check_has_data, describe
 from .base import Solver
 from .run import Run
 

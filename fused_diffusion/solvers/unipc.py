@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ..schedules import check_bool, check_count, describe
+from ..checks import check_bool, check_count, describe
 from .base import Solver
 from .run import Run
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..context import current_model_call
-from ..schedules import check_count, check_real
+from ..checks import check_count, check_real
 from .hooks import (ModelHook, NoCopy, UpBlockHook, check_unet, hook_of, registry,
                     release_up_block_hooks, remove, up_block_hooks)
 from .up_blocks import UP_BLOCKS, run_up_block

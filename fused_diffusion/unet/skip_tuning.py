@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..schedules import check_count, check_real
+from ..checks import check_count, check_real
 from .hooks import UpBlockHook, check_unet, hook_of, release_up_block_hooks, up_block_hooks
 from .up_blocks import skip_counts
 

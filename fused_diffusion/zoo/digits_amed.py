@@ -9,7 +9,7 @@ import torch
 
 from ..amed import Predictor, distill, schedule
 from ..amed.predictor import STUDENTS
-from ..schedules import check_count
+from ..checks import check_count
 from .digits_unet import digits
 from .store import WEIGHTS_DIR
 

@@ -10,7 +10,8 @@ from torch import Tensor
 
 from .. import files
 from ..models import EpsDenoiser
-from ..schedules import check_device, ddpm_alphas_cumprod
+from ..schedules import ddpm_alphas_cumprod
+from ..checks import check_device
 from .store import WEIGHTS_DIR
 
 DIGITS_WEIGHTS = WEIGHTS_DIR / "digits.safetensors"

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...schedules import check_count, check_device, check_real, describe
+from ...checks import check_count, check_device, check_real, describe
 from ...solvers import SOLVERS as SOLVER_CLASSES, Plan, check_input, get_solver, run
 from .schedulers import ADAPTERS, Setup, adapter_of, from_diffusers
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ... import ops
 from ...context import current_model_call
 from ...engine import Sampler
-from ...schedules import check_bool, check_count, check_real, describe
+from ...checks import check_bool, check_count, check_real, describe
 from ...solvers import Plan, get_solver, run
 from .fused_scheduler import FusedScheduler
 from .schedulers import Setup, adapter_of, from_diffusers, scheduler_like

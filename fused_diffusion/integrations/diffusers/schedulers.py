@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from ... import ops
 from ...engine import Sampler
 from ...models import EpsDenoiser, VDenoiser, _inner_output, lincomb_rows
-from ...schedules import check_count, check_device, check_real, describe, img2img_schedule
+from ...schedules import img2img_schedule
+from ...checks import check_count, check_device, check_real, describe
 from ...solvers import DDIM, Plan, Solver, check_input, get_solver, run
 
 # settings every scheduler turns into the schedule that an adapter reads off it after set_timesteps
