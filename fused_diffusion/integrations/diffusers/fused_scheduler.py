@@ -24,7 +24,7 @@ def _options_key(options: dict[str, Any]) -> tuple:
     """set_timesteps options as a hashable key, lists and arrays by their values."""
     def value(v: Any) -> Any:
         if isinstance(v, (list, tuple, Tensor)) or hasattr(v, "__array__"):
-            return tuple(torch.as_tensor(v).double().reshape(-1).tolist())
+            return tuple(torch.as_tensor(v).double().reshape(-1).tolist())  # sync-ok: set_timesteps' own host values
         return v
 
     return tuple(sorted((name, value(v)) for name, v in options.items()))
@@ -144,12 +144,16 @@ class FusedScheduler:
             raise TypeError("set_timesteps needs num_inference_steps (or custom sigmas / timesteps)")
         num_inference_steps = check_count("num_inference_steps", num_inference_steps)
         key = (num_inference_steps, _options_key(options), device)
-        if key not in self._tables:  # made once per configuration and device (a pipeline sets its timesteps every call)
-            self._tables[key] = self._make_tables(num_inference_steps, options, device)
+        # made once per configuration and device (a pipeline sets its timesteps every call)
+        tables = self._tables.get(key)
+        # a new configuration's schedule is read (and refused, if it must be) before the reference changes
+        setup = tables[0] if tables is not None else from_diffusers(self.reference, num_inference_steps, **options)
         self.reference.set_timesteps(num_inference_steps, **options)  # for init_noise_sigma and add_noise
+        if tables is None:
+            tables = self._tables[key] = self._make_tables(setup, device)
         self.num_inference_steps = num_inference_steps
         (self._setup, self.timesteps, self._host_timesteps, self._timestep_index, self._schedule, self._into_solver,
-         self._out_of_solver, self._input_scales) = self._tables[key]
+         self._out_of_solver, self._input_scales) = tables
         self._run: run.Run | None = None
         self._eta: Any = None
         self._begin_index = None
@@ -157,19 +161,17 @@ class FusedScheduler:
         self._outputs: list[Tensor] = []  # the model outputs of the step under way (a multi-call step)
         self._step_start: Tensor | None = None  # that step's x in the solver's space
 
-    def _make_tables(self, num_inference_steps: int, options: dict[str, Any], device: torch.device) -> tuple:
+    def _make_tables(self, setup: Setup, device: torch.device) -> tuple:
         """(setup, timesteps, timesteps on the host in float64, each timestep's first call, schedule, the factors
-        into and out of the solver's space per step, the model input's per call or None) for one configuration, on
-        `device`."""
-        setup = from_diffusers(self.reference, num_inference_steps, **options)
-        self.reference.set_timesteps(num_inference_steps, **options)
+        into and out of the solver's space per step, the model input's per call or None) for the configuration the
+        reference was just set to, on `device`."""
         timesteps = self.reference.timesteps
         steps = setup.solver.num_steps(setup.schedule)
         scales = torch.tensor([setup.latent_scale(i) for i in range(steps + 1)])
         input_scales = self.adapter.input_scales(setup)
         host = timesteps.detach().to("cpu", torch.float64)
         first_calls = {}
-        for call, value in enumerate(host.tolist()):
+        for call, value in enumerate(host.tolist()):  # sync-ok: a host copy, once per configuration
             first_calls.setdefault(value, call)
         return (setup, timesteps.to(device), host, first_calls, setup.schedule.to(device),
                 scales[:-1].to(device), (1 / scales[1:]).to(device),
@@ -198,7 +200,7 @@ class FusedScheduler:
             value = float(torch.as_tensor(timestep).reshape(-1)[0])  # sync-ok: once per run
         found = self._timestep_index.get(value)
         if found is None:
-            listed = ", ".join(f"{t:g}" for t in self._host_timesteps.tolist())
+            listed = ", ".join(f"{t:g}" for t in self._host_timesteps.tolist())  # sync-ok: a host tensor, raising
             raise ValueError(f"timestep {value:g} is not one of this run's timesteps [{listed}]")
         return found
 
