@@ -217,9 +217,10 @@ def check_tables_finite(solver: Solver, host: dict[str, Tensor], schedule: Tenso
         if bad.any():
             i = int(bad.nonzero()[0])
             pair = ", ".join(f"{float(v):.6g}" for v in schedule[i : i + 2].tolist())  # sync-ok: error path
+            coefficients = table[i].tolist()  # sync-ok: error path
             raise ValueError(
                 f"{solver.name}: step {i} (schedule values {pair}) gives non-finite {name!r} coefficients "
-                f"{table[i].tolist()}; a repeated sigma makes a multistep solver's step-size ratio 0 or infinite "
+                f"{coefficients}; a repeated sigma makes a multistep solver's step-size ratio 0 or infinite "
                 "(k-diffusion returns NaN there): use a strictly decreasing schedule with this solver"
             )
 

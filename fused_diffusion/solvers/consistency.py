@@ -33,7 +33,8 @@ class Consistency(Solver):
         below[0] = False
         if below.any():
             i = int(below.nonzero()[0])
-            raise ValueError(f"sigmas[{i}] = {host[i].item()} is below sigma_min={self.sigma_min}; every sigma "
+            value = host[i].item()  # sync-ok: error path
+            raise ValueError(f"sigmas[{i}] = {value} is below sigma_min={self.sigma_min}; every sigma "
                              "re-noised to (all but the first and a final 0) must be >= sigma_min")
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:

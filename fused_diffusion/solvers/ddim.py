@@ -96,7 +96,7 @@ class DDIM(Solver):
         bad = ~((t >= 0) & (t <= last) & (t == t.round()))  # NaN is bad too; tables() would truncate a fraction
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise ValueError(f"timesteps[{i}] = {t[i].item()} must be an integer in [0, {last}]")
+            raise ValueError(f"timesteps[{i}] = {t[i].item()} must be an integer in [0, {last}]")  # sync-ok: error path
         rises = t[1:] >= t[:-1]  # each step goes from t to t - T // steps: the order must match
         if rises.any():
             i = int(rises.nonzero()[0])
@@ -111,7 +111,7 @@ class DDIM(Solver):
                 f"timesteps must be a DDIMScheduler grid for {T} training steps and {n} steps ('leading' plus a "
                 f"steps_offset, 'trailing' or 'linspace'; fd.solvers.ddim_timesteps makes them): each step goes from "
                 f"t to t - {T} // {n} as diffusers' does, so another list would call the model at one timestep and "
-                f"update to another; got {t.long().tolist()}")
+                f"update to another; got {t.long().tolist()}")  # sync-ok: error path
 
     def num_steps(self, timesteps: Tensor) -> int:
         return len(timesteps)

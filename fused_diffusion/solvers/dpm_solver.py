@@ -165,7 +165,7 @@ class DPMFast(Solver):
                 [*step.final, float(sigma_up * self.s_noise)], dtype=torch.float64)
         largest = max(float(tables[name].abs().max()) for name in ("u1", "u2", "final_1", "final"))
         if largest > MAX_WEIGHT:
-            sigma_max, sigma_min = schedule.tolist()
+            sigma_max, sigma_min = schedule.tolist()  # sync-ok: error path
             raise ValueError(
                 f"dpm_fast from sigma_max={sigma_max:g} to sigma_min={sigma_min:g} in {self.nfe} calls folds epsilon "
                 f"into update weights of {largest:.3g}, whose cancellation a float32 update cannot resolve (the sample "

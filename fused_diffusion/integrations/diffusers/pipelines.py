@@ -480,7 +480,7 @@ def _unconditional_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     image = (image / 2 + 0.5).clamp(0, 1)
     output_type = arguments["output_type"]
     if output_type != "pt":
-        image = image.cpu().permute(0, 2, 3, 1).numpy()
+        image = image.cpu().permute(0, 2, 3, 1).numpy()  # sync-ok: the output, after the loop
         if output_type == "pil":
             image = self.numpy_to_pil(image)
     return ImagePipelineOutput(images=image) if arguments["return_dict"] else (image,)

@@ -224,7 +224,7 @@ class Timesteps(SchedulerAdapter):
 
     def noised(self, setup: "Setup", image: Tensor, noise: Tensor, level: Tensor) -> Tensor:
         abar = setup.alphas_cumprod[int(level)]  # sync-ok: a host tensor, once per img2img run
-        return image * abar.sqrt().item() + noise * (1 - abar).sqrt().item()
+        return image * abar.sqrt().item() + noise * (1 - abar).sqrt().item()  # sync-ok: host scalars
 
     def denoised(self, setup: "Setup", i: int, x: Tensor, output: Tensor) -> Tensor:
         abar = setup.alphas_cumprod[int(setup.schedule[i])].item()  # sync-ok: host tables, on request only
