@@ -9,6 +9,7 @@ import torch
 
 import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
+from fused_diffusion.solvers.step_noise import advance_like_randn
 
 import reference_samplers as ref
 from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
@@ -151,6 +152,20 @@ class TestRandomStream:
         without = sampler(gmm, noise, s, disable=True, k_diffusion_rng=False, **options)
         assert torch.equal(before, torch.get_rng_state())  # nothing drawn
         assert torch.equal(with_draws, without)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("shape", [(16,), (17,), (2, 3, 5, 7), (1, 4, 8, 8), (3, 4, 33, 31)])
+    @pytest.mark.parametrize("seeded", [False, True], ids=["global", "generator"])
+    def test_discarded_draw_advances_like_randn(self, shape, dtype, seeded):
+        """The uniforms that stand in for a discarded draw leave the generator where randn would."""
+        def state_after(draw):
+            generator = torch.Generator().manual_seed(3) if seeded else None
+            torch.manual_seed(3)
+            draw(generator)
+            return (generator or torch.default_generator).get_state()
+
+        expected = state_after(lambda g: torch.randn(shape, dtype=dtype, generator=g))
+        assert torch.equal(state_after(lambda g: advance_like_randn(torch.Size(shape), dtype, g)), expected)
 
     def test_draw_count_equals_k_diffusion(self, gmm, noise):
         """Counted through a noise sampler: the calls k-diffusion makes, no more."""
