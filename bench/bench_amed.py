@@ -12,17 +12,14 @@ from fixed noise, fd.metrics' FD against the held-out digits.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import write_csv  # noqa: E402
-from fused_diffusion import metrics, solvers  # noqa: E402
-from fused_diffusion.amed.distill import refine  # noqa: E402
+import fused_diffusion as fd
+from common import write_csv
+from fused_diffusion import metrics, solvers
+from fused_diffusion.amed.distill import refine
 
 
 CONFIGS = ([("time_uniform", 3, balance, seed) for balance in (False, True) for seed in range(4)]

@@ -15,20 +15,18 @@ loop, 'leading' grid, no clamp) is the library's own DDIM for reference. Quality
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import RESULTS, plot_fd_against_steps, save_grid, write_csv  # noqa: E402
-from fused_diffusion import metrics, solvers  # noqa: E402
-from fused_diffusion.analytic_dpm import estimate_gamma  # noqa: E402
-from fused_diffusion.solvers.analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps  # noqa: E402
-from fused_diffusion.zoo.data import load_digits_split  # noqa: E402
+import fused_diffusion as fd
+from common import RESULTS, plot_fd_against_steps, save_grid, write_csv
+from fused_diffusion import metrics, solvers
+from fused_diffusion.analytic_dpm import estimate_gamma
+from fused_diffusion.solvers.analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps
+from fused_diffusion.zoo.data import load_digits_split
 
 # row name: (eta, variance, clip_last_noise) of fd.solvers.AnalyticDPM
 SAMPLERS = {

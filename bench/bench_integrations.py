@@ -27,10 +27,9 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import write_csv  # noqa: E402
-from fused_diffusion.integrations.diffusers import FusedScheduler  # noqa: E402
+import fused_diffusion as fd
+from common import write_csv
+from fused_diffusion.integrations.diffusers import FusedScheduler
 
 # the variance-preserving ones, which DDPMPipeline's loop (no scale_model_input, unit noise) drives as intended
 SOLVERS = ("ddim", "dpmpp_2m")

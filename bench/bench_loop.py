@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 
 import fused_diffusion as fd
+from common import RESULTS
 from fused_diffusion.ops import use_backend
 
-RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = 18  # Heun: 35 model calls
 
 

@@ -24,7 +24,6 @@ intra-op threads wait on each other (100x slower GMM runs measured on 2 busy cor
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import machine, write_csv  # noqa: E402
-from fused_diffusion import demo, metrics  # noqa: E402
-from fused_diffusion.zoo.data import load_digits_split  # noqa: E402
-from fused_diffusion.zoo.digits_amed import SCHEDULE_KIND, shipped  # noqa: E402
+import fused_diffusion as fd
+from common import machine, write_csv
+from fused_diffusion import demo, metrics
+from fused_diffusion.zoo.data import load_digits_split
+from fused_diffusion.zoo.digits_amed import SCHEDULE_KIND, shipped
 
 SOLVERS = ["ddim", "euler", "heun", "dpm_2", "dpmpp_2m", "ipndm", "amed", "amed_learned", "amed_plugin"]
 LEARNED = {"amed_learned": "amed", "amed_plugin": "ipndm"}  # row -> fd.amed student

@@ -25,11 +25,10 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fused_diffusion as fd  # noqa: E402
 import reference_samplers as ref  # noqa: E402
-from bench_digits import save_grid, write_csv  # noqa: E402
+from common import save_grid, write_csv  # noqa: E402
 from fused_diffusion import metrics, solvers  # noqa: E402
 from fused_diffusion.ops import count_op_launches  # noqa: E402
 

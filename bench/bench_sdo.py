@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import fused_diffusion as fd  # noqa: E402
-from bench_digits import RESULTS, write_csv  # noqa: E402
+from common import write_csv  # noqa: E402
 from sdo_steer_digits import steer  # noqa: E402
 
 METHODS = {"sdo": "random", "full": "all"}

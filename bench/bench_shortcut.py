@@ -11,17 +11,15 @@ against the 297 held-out digits); the floor row is as many training digits.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import RESULTS, plot_fd_against_steps, save_grid, write_csv  # noqa: E402
-from fused_diffusion import metrics  # noqa: E402
-from fused_diffusion.zoo.data import load_digits_split  # noqa: E402
+import fused_diffusion as fd
+from common import RESULTS, plot_fd_against_steps, save_grid, write_csv
+from fused_diffusion import metrics
+from fused_diffusion.zoo.data import load_digits_split
 
 MODELS = {"shortcut": "shortcut (self-consistency + flow matching)", "flow": "flow matching only"}
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fused_diffusion as fd  # noqa: E402
-from bench_digits import RESULTS, environment, write_csv  # noqa: E402
-from fused_diffusion import demo, metrics, ops  # noqa: E402
-from fused_diffusion.zoo.data import load_digits_split  # noqa: E402
+import fused_diffusion as fd
+from common import RESULTS, environment, write_csv
+from fused_diffusion import demo, metrics, ops
+from fused_diffusion.zoo.data import load_digits_split
 
 INTERVALS = [1, 2, 3, 5]
 

@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from common import RESULTS
 from fused_diffusion.solvers import SOLVERS
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 
 def read_csv(path: Path) -> list[dict]:

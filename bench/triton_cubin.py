@@ -18,7 +18,6 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -27,18 +26,11 @@ from pathlib import Path
 import torch
 import triton
 
+from common import RESULTS, cpu_name
 from fused_diffusion.ops.kernels import variants as V
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ["op", "kernel", "variant", "dtype", "arch", "target", "num_warps", "ptxas", "registers_per_thread",
           "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes", "cubin_bytes", "compile_s", "error"]
-
-
-def machine() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = V.compile_all(todo, args.archs, args.workers)
     seconds = time.perf_counter() - start
     workers = args.workers or len(os.sched_getaffinity(0))
-    env = {"machine": machine(), "workers": workers, "torch": torch.__version__, "triton": triton.__version__,
+    # the compiling machine is the CPU, GPU or not
+    env = {"machine": cpu_name(), "workers": workers, "torch": torch.__version__, "triton": triton.__version__,
            "date": datetime.date.today().isoformat(), "command": shlex.join(["python", *sys.argv])}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

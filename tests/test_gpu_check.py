@@ -58,19 +58,26 @@ def printed() -> dict[str, tuple[str, list[list[str]]]]:
 
 def _help_check(argv: list[str]) -> tuple[object, str, str]:
     """Runs bench script argv[0] with its options and --help in this process (torch and the package are imported
-    already, so this costs the script's own imports only); returns (exit status, help text, stderr). sys.path, which
-    some scripts extend, is restored."""
+    already, so this costs the script's own imports only); returns (exit status, help text, stderr). sys.argv,
+    sys.path and the modules the script imported from its folder are restored."""
     out, err = io.StringIO(), io.StringIO()
-    saved_argv, saved_path = sys.argv, sys.path[:]
-    sys.argv = [str(ROOT / argv[0]), *argv[1:], "--help"]
+    script = ROOT / argv[0]
+    saved_argv, saved_path, saved_modules = sys.argv, sys.path[:], set(sys.modules)
+    sys.argv = [str(script), *argv[1:], "--help"]
+    # what `python bench/x.py` does before the script's first line: its folder first on sys.path, so that it
+    # imports its neighbours (bench/common.py); runpy.run_path leaves sys.path alone
+    sys.path.insert(0, str(script.parent))
     status: object = "no exit"
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+            runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
         status = e.code
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
+        for name in set(sys.modules) - saved_modules:
+            if Path(getattr(sys.modules[name], "__file__", None) or "/").parent == script.parent:
+                del sys.modules[name]  # no other test imports bench/ modules by their plain names
     return status, out.getvalue(), err.getvalue()[-2000:]
 
 
