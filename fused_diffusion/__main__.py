@@ -1,6 +1,6 @@
 """Command line: `python -m fused_diffusion demo` (the shipped digits model with every ODE solver; `--gmm` for the
-analytic Gaussian mixture), `train digits` / `digits-shortcut` / `digits-flow` / `digits-classifier` / `digits-amed`
-(the shipped weights), `backends`."""
+analytic Gaussian mixture), `train digits` / `digits-shortcut` / `digits-flow` / `digits-consistency` /
+`digits-pcm` / `digits-classifier` / `digits-amed` (the shipped weights), `backends`."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,7 @@ def print_backends(problem: str | None) -> None:
 # which `train` options each model reads; another option given is refused by name, not silently ignored
 UNET_OPTIONS = ("iterations", "batch_size", "lr", "seed", "max_minutes", "threads", "workdir", "resume", "out")
 TRAIN_OPTIONS = {"digits": UNET_OPTIONS, "digits-shortcut": UNET_OPTIONS, "digits-flow": UNET_OPTIONS,
+                 "digits-consistency": UNET_OPTIONS, "digits-pcm": UNET_OPTIONS + ("phases",),
                  "digits-classifier": ("seed", "threads", "out"),
                  "digits-amed": ("student", "calls", "trajectories", "seed", "threads", "out")}
 
@@ -81,10 +82,12 @@ def train(args: argparse.Namespace) -> None:
 
         print(f"wrote {train_digits_amed(args.student, args.calls, args.trajectories, args.seed, args.out)}")
         return
-    objective = {"digits": "ddpm", "digits-shortcut": "shortcut", "digits-flow": "flow"}[args.model]
-    cfg = train.TrainConfig(objective=objective, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
-                            workdir=args.workdir or Path(f"runs/{args.model}"), out=args.out)
+    objective = {"digits": "ddpm", "digits-shortcut": "shortcut", "digits-flow": "flow",
+                 "digits-consistency": "consistency", "digits-pcm": "pcm"}[args.model]
+    given = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "phases": args.phases}
+    cfg = train.TrainConfig.for_objective(objective, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
+                                          workdir=args.workdir or Path(f"runs/{args.model}"), out=args.out,
+                                          **{k: v for k, v in given.items() if v is not None})
     print(f"wrote {train.train_digits(cfg, resume=args.resume)}")
 
 
@@ -98,11 +101,16 @@ def main() -> None:
     generate.add_arguments(sub.add_parser("generate", help="many samples of the digits model as resumable shards, "
                                           "on one process or under torchrun"))
     t = sub.add_parser("train", help="train the shipped digits U-Net, the metric's classifier or an AMED predictor")
-    t.add_argument("model", choices=["digits", "digits-shortcut", "digits-flow", "digits-classifier", "digits-amed"])
+    t.add_argument("model", choices=["digits", "digits-shortcut", "digits-flow", "digits-consistency", "digits-pcm",
+                                     "digits-classifier", "digits-amed"])
     defaults = fd.zoo.train.TrainConfig()
-    t.add_argument("--iterations", type=cli_args.count(), default=defaults.iterations)
-    t.add_argument("--batch-size", type=cli_args.count(), default=defaults.batch_size)
-    t.add_argument("--lr", type=cli_args.real(above=0), default=defaults.lr)
+    # iterations, batch size and lr default per model (TrainConfig.for_objective): None here means "not given"
+    t.add_argument("--iterations", type=cli_args.count(), default=None,
+                   help=f"default {defaults.iterations}; the distilled students: fd.zoo.train.DISTILL_DEFAULTS")
+    t.add_argument("--batch-size", type=cli_args.count(), default=None, help=f"default {defaults.batch_size}")
+    t.add_argument("--lr", type=cli_args.real(above=0), default=None,
+                   help=f"default {defaults.lr}; the distilled students: fd.zoo.train.DISTILL_DEFAULTS")
+    t.add_argument("--phases", type=cli_args.count(), default=None, help=f"digits-pcm: phases (default {defaults.phases})")
     t.add_argument("--seed", type=cli_args.seed, default=defaults.seed)
     t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
     t.add_argument("--threads", type=cli_args.count(), default=None)

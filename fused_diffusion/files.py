@@ -56,6 +56,11 @@ SHORTCUT_UNET = Kind("fused_diffusion.zoo.shortcut_unet", "a shortcut digits U-N
 FLOW_UNET = Kind("fused_diffusion.zoo.flow_unet", "a flow-matching digits U-Net",
                  "fd.zoo.digits_shortcut(objective='flow', path=path)", lambda m, t: _objective(m) == "flow",
                  metadata=UNET_METADATA)
+DISTILLED_METADATA = UNET_METADATA | {"distillation"}
+CONSISTENCY_UNET = Kind("fused_diffusion.zoo.consistency_unet", "a consistency-distilled digits U-Net",
+                        "fd.zoo.digits_consistency(path=path)", metadata=DISTILLED_METADATA)
+PCM_UNET = Kind("fused_diffusion.zoo.pcm_unet", "a phased-consistency-distilled digits U-Net",
+                "fd.zoo.digits_pcm(path=path)", metadata=DISTILLED_METADATA)
 CLASSIFIER = Kind("fused_diffusion.zoo.digits_classifier", "the digits metric's classifier",
                   "fused_diffusion.zoo.classifier.load_classifier(path)",
                   lambda m, t: set(m) == {"info"} and "heldout_accuracy" in (m["info"] or {}))
@@ -69,7 +74,7 @@ SHARD_METADATA = frozenset({"index", "seed", "samples", "digest"})
 GENERATE_SHARD = Kind("fused_diffusion.generate.shard", "a shard of `python -m fused_diffusion generate`",
                       "safetensors.torch.load_file(path)['images']", lambda m, t: SHARD_METADATA <= set(m),
                       frozenset({"images"}), SHARD_METADATA)
-KINDS = (DIGITS_UNET, SHORTCUT_UNET, FLOW_UNET, CLASSIFIER, AMED_PREDICTOR, GAMMA_ESTIMATE, GENERATE_SHARD)
+KINDS = (DIGITS_UNET, SHORTCUT_UNET, FLOW_UNET, CONSISTENCY_UNET, PCM_UNET, CLASSIFIER, AMED_PREDICTOR, GAMMA_ESTIMATE, GENERATE_SHARD)
 
 
 def identify(metadata: dict[str, Any], tensors: set[str]) -> Kind | None:

@@ -1,5 +1,6 @@
 """k-diffusion-compatible sampling functions (same signatures and results as k-diffusion 0.1.1, all 13 of its
-samplers), plus DDIM (diffusers' DDIMScheduler loop), AMED, iPNDM, shortcut and consistency sampling, all over the
+samplers), plus DDIM (diffusers' DDIMScheduler loop), AMED, iPNDM, shortcut, consistency and phased consistency
+(PCM) sampling, all over the
 shared solver loop.
 
 model(x, sigma[B], **extra_args) -> x0 estimate; x is the initial noise already scaled by sigmas[0].
@@ -240,3 +241,15 @@ def sample_consistency(model: Model, x: Tensor, sigmas: Tensor, sigma_min: float
     """Multistep consistency sampling: denoise at each sigma, re-noise to the next."""
     solver = solvers.Consistency(sigma_min)
     return solvers.sample(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler, generator)
+
+
+def sample_pcm(eps_model: Model, x: Tensor, alphas_cumprod: Tensor, phases: int, steps: int | None = None,
+               extra_args: dict | None = None, callback: Callback | None = None,
+               disable: bool | None = None) -> Tensor:
+    """Deterministic phased sampling of a Phased Consistency Model with `phases` phases (Wang et al. 2024):
+    eps_model(x, t[B]) on a DDPM with `alphas_cumprod`, x the unit-variance initial noise; `steps` (default one
+    per phase) a multiple of phases (each phase cut into equal parts) or a divisor of it. The callback dict has 'x',
+    'i', 'timestep' and 'denoised' (the predicted x0). See solvers/pcm_sampler.py."""
+    solver = solvers.PCM(alphas_cumprod)
+    timesteps = solvers.pcm_timesteps(phases, phases if steps is None else steps, len(solver.alphas_cumprod))
+    return solvers.sample(solver, eps_model, x, timesteps, extra_args, callback, disable)

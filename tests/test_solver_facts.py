@@ -37,6 +37,7 @@ OPTIONS = {
     "flow_euler": [{}],
     "lcm": [{"alphas_cumprod": ALPHAS_CUMPROD}],
     "tcd": [{"alphas_cumprod": ALPHAS_CUMPROD}, {"alphas_cumprod": ALPHAS_CUMPROD, "gamma": 0.0}],
+    "pcm": [{"alphas_cumprod": ALPHAS_CUMPROD}],
     "unipc": [{}, {"order": 3}, {"order": 1}, {"corrector": False}, {"disable_corrector": (0, 1)},
               {"lower_order_final": False}],
 }

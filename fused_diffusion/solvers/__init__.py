@@ -4,7 +4,7 @@ import inspect
 from .amed_sampler import AMED
 from .analytic_dpm_sampler import AnalyticDPM, analytic_dpm_timesteps, sample_analytic_dpm
 from .base import DeviceTables, Plan, Solver
-from .consistency import Consistency
+from .consistency_sampler import Consistency
 from .ddim import DDIM, ddim_timesteps
 from .dpm2 import DPM2, DPM2Ancestral
 from .dpm_solver import DPMFast, sample_dpm_adaptive
@@ -15,6 +15,7 @@ from .heun import Heun
 from .ipndm import IPNDM
 from .lcm import LCM, TCD
 from .lms import LMS
+from .pcm_sampler import PCM, pcm_timesteps
 from .run import Run, check_input, run_steps, sample
 from .shortcut_sampler import Shortcut
 from .unipc import UniPC
@@ -22,7 +23,7 @@ from .unipc import UniPC
 SOLVERS: dict[str, type[Solver]] = {
     cls.name: cls
     for cls in (Euler, EulerAncestral, Heun, DPM2, DPM2Ancestral, LMS, DPMFast, DPMpp2SAncestral, DPMppSDE, DPMpp2M,
-                DPMpp2MSDE, DPMpp3MSDE, AMED, IPNDM, DDIM, Shortcut, Consistency, FlowEuler, LCM, TCD, UniPC)
+                DPMpp2MSDE, DPMpp3MSDE, AMED, IPNDM, DDIM, Shortcut, Consistency, FlowEuler, LCM, TCD, PCM, UniPC)
 }
 EAGER_ONLY = {
     "dpm_adaptive": "dpm_adaptive accepts or rejects each step from an error read on the host, so it cannot be "
@@ -58,5 +59,5 @@ def get_solver(solver: "str | Solver", **options) -> Solver:
 
 __all__ = ["AMED", "Consistency", "DDIM", "DPM2", "DPM2Ancestral", "DPMFast", "DPMpp2M", "DPMpp2MSDE",
            "DPMpp2SAncestral", "DPMpp3MSDE", "DPMppSDE", "DeviceTables", "EAGER_ONLY", "Euler", "EulerAncestral",
-           "FlowEuler", "Heun", "IPNDM", "LCM", "LMS", "TCD", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps",
+           "FlowEuler", "Heun", "IPNDM", "LCM", "LMS", "PCM", "TCD", "Plan", "Run", "SOLVERS", "Shortcut", "Solver", "check_input", "ddim_timesteps", "pcm_timesteps",
            "get_solver", "run_steps", "sample", "sample_dpm_adaptive"]

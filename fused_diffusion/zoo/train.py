@@ -1,8 +1,11 @@
-"""Training of the shipped digits U-Nets (`python -m fused_diffusion train digits | digits-shortcut | digits-flow`):
-the DDPM epsilon loss, the shortcut objective or plain flow matching (`fd.shortcut.loss`); AdamW with warm-up and
-cosine decay, EMA weights, seeded, resumable from a checkpoint in the work directory."""
+"""Training of the shipped digits U-Nets (`python -m fused_diffusion train digits | digits-shortcut | digits-flow |
+digits-consistency | digits-pcm`): the DDPM epsilon loss, the shortcut objective or plain flow matching
+(`fd.shortcut.loss`), or a few-step student distilled from the shipped digits model (`fd.consistency.loss`,
+`fd.pcm.loss`: the student starts as a copy of the teacher, its target network is an EMA of it); AdamW with warm-up
+and cosine decay, EMA weights, seeded, resumable from a checkpoint in the work directory."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -13,21 +16,31 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import files, shortcut
+from .. import consistency, files, pcm, shortcut
+from ..models import EpsDenoiser
 from ..schedules import ddpm_alphas_cumprod
 from .data import load_digits_split
-from .digits_unet import DIGITS_WEIGHTS, SCHEDULE, build_unet, unet_config
+from .digits_unet import DIGITS_WEIGHTS, SCHEDULE, build_unet, digits, unet_config
 from .store import WEIGHTS_DIR
 
 # objective -> the file it ships as
 WEIGHTS = {"ddpm": DIGITS_WEIGHTS, "shortcut": WEIGHTS_DIR / "digits_shortcut.safetensors",
-           "flow": WEIGHTS_DIR / "digits_flow.safetensors"}
-UNET_KINDS = {"ddpm": files.DIGITS_UNET, "shortcut": files.SHORTCUT_UNET, "flow": files.FLOW_UNET}
+           "flow": WEIGHTS_DIR / "digits_flow.safetensors",
+           "consistency": WEIGHTS_DIR / "digits_consistency.safetensors",
+           "pcm": WEIGHTS_DIR / "digits_pcm.safetensors"}
+UNET_KINDS = {"ddpm": files.DIGITS_UNET, "shortcut": files.SHORTCUT_UNET, "flow": files.FLOW_UNET,
+              "consistency": files.CONSISTENCY_UNET, "pcm": files.PCM_UNET}
+DISTILLED = ("consistency", "pcm")  # objectives whose student is distilled from the shipped digits model
+# a student starting from its teacher's weights takes smaller steps than a network trained from scratch; sized so
+# each run takes at most 45 minutes on one CPU thread (a CD iteration makes 3 forward passes and a backward one)
+DISTILL_DEFAULTS = {"consistency": {"lr": 2e-4, "warmup": 200, "iterations": 3500, "batch_size": 64},
+                    "pcm": {"lr": 1e-4, "warmup": 200, "iterations": 2500, "batch_size": 128}}
 
 
 @dataclass
 class TrainConfig:
-    objective: str = "ddpm"  # "ddpm" (epsilon loss), "shortcut" (fd.shortcut.loss) or "flow" (its flow part only)
+    objective: str = "ddpm"  # "ddpm" (epsilon loss), "shortcut" (fd.shortcut.loss), "flow" (its flow part only),
+    # "consistency" (fd.consistency.loss) or "pcm" (fd.pcm.loss)
     resolution: int = 8
     channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
@@ -43,6 +56,16 @@ class TrainConfig:
     out: Path | None = None  # default: the shipped file of the objective (WEIGHTS)
     threads: int | None = None
     extra: dict = field(default_factory=dict)
+    # distillation (objectives "consistency" and "pcm")
+    target_ema: float | None = None  # mu of the target network; default 0.95 for CD (the paper), 0 for PCM (its code)
+    scales: int = 18  # CD: N of the Karras discretisation (the paper's CIFAR-10 choice)
+    phases: int = 4  # PCM: M
+    distance: str = "l2"  # "l2" or "pseudo_huber"
+
+    @classmethod
+    def for_objective(cls, objective: str, **given) -> "TrainConfig":
+        """A config whose unset values are the objective's defaults (DISTILL_DEFAULTS for a distilled student)."""
+        return cls(objective=objective, **{**DISTILL_DEFAULTS.get(objective, {}), **given})
 
 
 def _checkpoint(path: Path, **state) -> None:
@@ -73,6 +96,50 @@ def read_checkpoint(path: Path, objective: str, unet: torch.nn.Module) -> dict:
     return state
 
 
+class Distillation:
+    """A distilled student's side of the loop: the frozen shipped digits model as teacher, the target network
+    (an EMA of the student, theta^- <- mu theta^- + (1 - mu) theta after each step; mu = 0 is the student itself)
+    and the objective's loss on a batch of data."""
+
+    def __init__(self, cfg: TrainConfig, student: torch.nn.Module):
+        teacher = digits()
+        self.cfg, self.alphas_cumprod, self.teacher = cfg, teacher.alphas_cumprod, teacher.denoiser
+        student.load_state_dict(self.teacher.inner_model.state_dict())  # the paper's initialisation
+        self.mu = cfg.target_ema if cfg.target_ema is not None else {"consistency": 0.95, "pcm": 0.0}[cfg.objective]
+        self.student = student
+        self.target = student if self.mu == 0 else copy.deepcopy(student).requires_grad_(False)
+        if cfg.objective == "consistency":
+            self.sigma_min, self.sigma_max = self.teacher.sigma_min, self.teacher.sigma_max
+            self.student_f = self.consistency_function(student)
+            self.target_f = self.consistency_function(self.target)
+        self.teacher_calls_per_sample = {"consistency": 2, "pcm": 1}[cfg.objective]  # Heun: 2; DDIM: 1
+
+    def consistency_function(self, unet: torch.nn.Module) -> consistency.ConsistencyFunction:
+        return consistency.ConsistencyFunction(EpsDenoiser(unet, self.alphas_cumprod), self.sigma_min)
+
+    def loss(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.objective == "consistency":
+            return consistency.loss(self.student_f, self.target_f, self.teacher, batch, sigma_min=self.sigma_min,
+                                    sigma_max=self.sigma_max, scales=self.cfg.scales, distance=self.cfg.distance,
+                                    generator=generator)
+        return pcm.loss(self.student, self.target, self.teacher.inner_model, batch, self.alphas_cumprod,
+                        phases=self.cfg.phases, distance=self.cfg.distance, generator=generator)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        if self.target is not self.student:
+            for target, online in zip(self.target.parameters(), self.student.parameters()):
+                target.lerp_(online, 1 - self.mu)
+
+    def metadata(self) -> dict:
+        """What a loader needs besides the U-Net: the consistency function's sigmas or the phases."""
+        if self.cfg.objective == "consistency":
+            return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "sigma_data": consistency.SIGMA_DATA,
+                    "scales": self.cfg.scales, "target_ema": self.mu, "distance": self.cfg.distance}
+        return {"phases": self.cfg.phases, "ddim_steps": pcm.DDIM_STEPS, "target_ema": self.mu,
+                "distance": self.cfg.distance}
+
+
 def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Trains (or resumes) and writes the EMA weights to cfg.out; returns that path."""
     if cfg.objective not in WEIGHTS:
@@ -86,10 +153,11 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     generator = torch.Generator().manual_seed(cfg.seed)
     images = load_digits_split(cfg.resolution).train_images
     config = unet_config(cfg.resolution, cfg.channels, cfg.layers_per_block)
-    if cfg.objective != "ddpm":
+    if cfg.objective in ("shortcut", "flow"):
         config = shortcut.ShortcutUNet.unet_config(config)
     unet = build_unet(config).train()
-    if cfg.objective != "ddpm":
+    distillation = Distillation(cfg, unet) if cfg.objective in DISTILLED else None
+    if cfg.objective in ("shortcut", "flow"):
         velocity = shortcut.ShortcutUNet(unet, step_conditioned=cfg.objective == "shortcut")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.iterations)
@@ -105,6 +173,8 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
         ema.load_state_dict(state["ema"])
+        if distillation is not None and distillation.target is not unet:
+            distillation.target.load_state_dict(state["target"])
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["generator"])
         step, elapsed = state["step"], state["elapsed"]
@@ -113,7 +183,8 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     def save() -> None:
         _checkpoint(checkpoint, unet=unet.state_dict(), optimizer=optimizer.state_dict(),
                     lr_schedule=lr_schedule.state_dict(), ema=ema.state_dict(), torch_rng=torch.get_rng_state(),
-                    generator=generator.get_state(), step=step, elapsed=elapsed, objective=cfg.objective)
+                    generator=generator.get_state(), step=step, elapsed=elapsed, objective=cfg.objective,
+                    target=None if distillation is None else distillation.target.state_dict())
 
     start = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.iterations, initial=step, desc=f"digits U-Net ({cfg.objective})", unit="it",
@@ -126,6 +197,8 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
             noise = torch.randn(batch.shape, generator=generator)  # after t: the shipped model's random stream
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             loss = F.mse_loss(unet(a.sqrt() * batch + (1 - a).sqrt() * noise, t).sample, noise)
+        elif distillation is not None:
+            loss = distillation.loss(batch, generator)
         else:
             loss = shortcut.loss(velocity, batch, torch.randn(batch.shape, generator=generator), generator=generator,
                                  bootstrap_fraction=0.25 if cfg.objective == "shortcut" else 0.0)
@@ -134,6 +207,8 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         optimizer.step()
         lr_schedule.step()
         ema.step(unet.parameters())
+        if distillation is not None:
+            distillation.update_target()
         step += 1
         elapsed = time.perf_counter() - start
         smoothed = loss.item() if smoothed is None else 0.99 * smoothed + 0.01 * loss.item()
@@ -151,8 +226,14 @@ def train_digits(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     info = {"iterations": step, "train_minutes": round(elapsed / 60, 2), "seed": cfg.seed,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
             "torch": torch.__version__, "threads": torch.get_num_threads(), **cfg.extra}
+    extra_metadata = {}
+    if distillation is not None:
+        info["teacher_calls"] = step * cfg.batch_size * distillation.teacher_calls_per_sample
+        info["lr_warmup"] = cfg.warmup
+        extra_metadata["distillation"] = distillation.metadata()
     out = cfg.out or WEIGHTS[cfg.objective]
     out.parent.mkdir(parents=True, exist_ok=True)
-    files.save(out, unet.state_dict(), UNET_KINDS[cfg.objective], config=config, schedule=SCHEDULE, objective=cfg.objective, info=info)
+    files.save(out, unet.state_dict(), UNET_KINDS[cfg.objective], config=config, schedule=SCHEDULE,
+               objective=cfg.objective, info=info, **extra_metadata)
     ema.restore(unet.parameters())
     return out
