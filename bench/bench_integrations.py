@@ -7,9 +7,10 @@ a U-Net that is one multiply.
     python bench/readme_tables.py integrations
 
 `pipelines`: host time per step of each conditional pipeline family (SD, SDXL, SD3, Flux; the tiny random ones of
-tests/tiny_pipelines.py, guidance on) with a network that is one multiply, its own loop against `accelerate(pipe)`,
-the pipeline's own scheduler, the same images checked first: whole calls at 1 and at --steps steps, interleaved, the
-minimum each; a step's time is their difference over steps - 1, and the whole call's is reported too.
+fused_diffusion/testing/tiny_pipelines.py, guidance on) with a network that is one multiply, its own loop against
+`accelerate(pipe)`, the pipeline's own scheduler, the same images checked first: whole calls at 1 and at --steps
+steps, interleaved, the minimum each; a step's time is their difference over steps - 1, and the whole call's is
+reported too.
 
 For each scheduler (DDIM, DPM-Solver++(2M), built from one config): diffusers' scheduler in the pipeline,
 `FusedScheduler.from_config(config, solver=...)` in the same pipeline, the pipeline after
@@ -20,9 +21,7 @@ The outputs are checked equal before timing.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -70,8 +69,7 @@ def one_multiply(network: torch.nn.Module) -> None:
 
 
 def pipelines(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import tiny_pipelines as tiny
+    from fused_diffusion.testing import tiny_pipelines as tiny  # imports transformers, which `schedulers` does not need
 
     families = {"StableDiffusion": (tiny.sd_components, tiny.sd_pipeline, tiny.sd_embeds(1), "unet"),
                 "StableDiffusionXL": (tiny.sdxl_components, tiny.sdxl_pipeline, tiny.sdxl_embeds(1), "unet"),

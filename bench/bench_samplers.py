@@ -17,7 +17,6 @@ rules as k-diffusion writes them (unfused torch ops), on the same inputs; the mi
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,12 +24,11 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import fused_diffusion as fd  # noqa: E402
-import reference_samplers as ref  # noqa: E402
-from common import save_grid, write_csv  # noqa: E402
-from fused_diffusion import metrics, solvers  # noqa: E402
-from fused_diffusion.ops import count_op_launches  # noqa: E402
+import fused_diffusion as fd
+from common import save_grid, write_csv
+from fused_diffusion import metrics, solvers
+from fused_diffusion.ops import count_op_launches
+from fused_diffusion.testing import reference_samplers as ref
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name: (fd's sampler, k-diffusion's re-statement); model calls and noise are the solvers' own (fd.solvers)

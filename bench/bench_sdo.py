@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import fused_diffusion as fd  # noqa: E402
-from common import write_csv  # noqa: E402
-from sdo_steer_digits import steer  # noqa: E402
+import fused_diffusion as fd
+from common import write_csv
+from fused_diffusion.demo import steer_digits
 
 METHODS = {"sdo": "random", "full": "all"}
 
@@ -149,7 +148,7 @@ def steering(args: argparse.Namespace) -> None:
         finals, curves, images = [], [], []
         for target in range(10):
             noise = torch.randn(8, *shape, generator=torch.Generator().manual_seed(100 + target))
-            steered, hits = steer(denoiser, noise, target, args.steps, grad_step, iterations=args.iterations)
+            steered, hits = steer_digits(denoiser, noise, target, args.steps, grad_step, iterations=args.iterations)
             curves.append(hits)
             with torch.no_grad():
                 x = fd.sample_dpmpp_2m(denoiser, steered * sigmas[0], sigmas, disable=True)

@@ -114,8 +114,8 @@ def samplers_overhead_table() -> str:
                      + " | ".join(cell(cells[sampler, shape]) for shape in shapes) + " |")
     return (f"Host time per step with a model that is one multiply, so the time is the solver's (and its checks): fd's "
             f"`sample_*` on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
-            f"(tests/reference_samplers.py) and diffusers' own loop where a diffusers scheduler runs the same solver; "
-            f"runs of {first['steps']} and {first['short_steps']} steps differenced, the best of interleaved runs, speed against "
+            f"(fused_diffusion/testing/reference_samplers.py) and diffusers' own loop where a diffusers scheduler runs "
+            f"the same solver; runs of {first['steps']} and {first['short_steps']} steps differenced, the best of interleaved runs, speed against "
             f"k-diffusion in brackets (bench/results/samplers_overhead_cpu.png). " + provenance(first) + "\n\n"
             + "\n".join(lines))
 
@@ -207,8 +207,8 @@ def pipelines_table() -> str:
         lines.append(f"| {pipeline} | {own['scheduler']} | {own['us_per_step']} | {fast['us_per_step']} | "
                      f"{float(fast['speedup_per_step']):.2f}× | {own['ms']} | {fast['ms']} | "
                      f"{float(fast['speedup_whole_call']):.2f}× |")
-    return ("The tiny random pipelines of tests/tiny_pipelines.py with a network that is one multiply (what is left "
-            "is the loop's host time), guidance on: whole calls at 1 and at " + steps + " steps, interleaved, the best "
+    return ("The tiny random pipelines of fused_diffusion/testing/tiny_pipelines.py with a network that is one "
+            "multiply (what is left is the loop's host time), guidance on: whole calls at 1 and at " + steps + " steps, interleaved, the best "
             "of each; a step is their difference over the steps between, a call is what a user waits for (prompt "
             "handling and the run's setup included); the latents checked equal first. " + provenance(rows[0])
             + "\n\n" + "\n".join(lines))

@@ -1,5 +1,6 @@
 """Steer the shipped digits model to a chosen class by optimising its initial noise through the sampler, with the
-shipped classifier's cross-entropy as the loss: SDO (fd.sdo, one step keeps its graph) or full backpropagation.
+shipped classifier's cross-entropy as the loss: SDO (fd.sdo, one step keeps its graph) or full backpropagation. The
+optimisation loop is fused_diffusion.demo.steer_digits, which bench/bench_sdo.py times.
 
     python examples/sdo_steer_digits.py --target 3 --steps 20            # -> sdo_steer_digits.png
     python examples/sdo_steer_digits.py --target 3 --steps 20 --full     # the same with full backpropagation
@@ -7,37 +8,11 @@ shipped classifier's cross-entropy as the loss: SDO (fd.sdo, one step keeps its 
 from __future__ import annotations
 
 import argparse
+
 import torch
-import torch.nn.functional as F
 
 import fused_diffusion as fd
-from fused_diffusion.demo import save_panels
-
-
-def steer(denoiser, noise: torch.Tensor, target: int, steps: int, grad_step: int | str = "random",
-          iterations: int = 30, lr: float = 0.05, solver: str = "dpmpp_2m", seed: int = 0):
-    """Optimises unit-variance `noise` [B, 1, 8, 8] with Adam so that the sample is classified as `target`; the
-    noise is renormalised to its norm after each step (it stays a plausible Gaussian draw). Returns the final noise
-    and, per iteration, the fraction of samples classified as `target` (of the sample the step was taken on)."""
-    classifier = fd.metrics.digits_classifier()
-    sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max)
-    z = noise.clone().requires_grad_()
-    norm = noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    labels = torch.full((len(noise),), target)
-    step_generator = torch.Generator().manual_seed(seed)
-    hit_rates = []
-    for _ in range(iterations):
-        images = fd.sdo.sample(denoiser, z * sigmas[0], sigmas, solver, grad_step=grad_step,
-                               step_generator=step_generator)
-        logits = classifier(images.clamp(-1, 1))
-        hit_rates.append((logits.argmax(1) == labels).float().mean().item())
-        optimizer.zero_grad()
-        F.cross_entropy(logits, labels).backward()
-        optimizer.step()
-        with torch.no_grad():  # back onto the sphere of the starting noise
-            z.mul_(norm / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
-    return z.detach(), hit_rates
+from fused_diffusion.demo import save_panels, steer_digits
 
 
 def main() -> None:
@@ -52,8 +27,8 @@ def main() -> None:
 
     denoiser, _, shape = fd.zoo.digits()
     noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(0))
-    steered, hits = steer(denoiser, noise, args.target, args.steps, "all" if args.full else "random",
-                          iterations=args.iterations)
+    steered, hits = steer_digits(denoiser, noise, args.target, args.steps, "all" if args.full else "random",
+                                 iterations=args.iterations)
     sigmas = fd.get_sigmas_karras(args.steps, denoiser.sigma_min, denoiser.sigma_max)
     before = fd.sample_dpmpp_2m(denoiser, noise * sigmas[0], sigmas, disable=True)
     after = fd.sample_dpmpp_2m(denoiser, steered * sigmas[0], sigmas, disable=True)

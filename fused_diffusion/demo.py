@@ -1,6 +1,7 @@
 """`python -m fused_diffusion demo`: the shipped digits model sampled with every ODE solver at a few model-call
 budgets, with pictures and the quality metric; `demo --gmm`: the analytic Gaussian mixture against its exact ODE
-solution."""
+solution. Also what the examples and benches do with the digits model alike: picture grids, steering noise to a
+class through fd.sdo."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +102,35 @@ def save_panels(panels: dict[str, Tensor], columns: int, path: str | Path,
     plt.close(fig)
     print(f"wrote {path}")
 
+
+
+def steer_digits(denoiser: Callable[..., Tensor], noise: Tensor, target: int, steps: int,
+                 grad_step: int | str = "random", iterations: int = 30, lr: float = 0.05, solver: str = "dpmpp_2m",
+                 seed: int = 0) -> tuple[Tensor, list[float]]:
+    """Optimises unit-variance digits `noise` [B, 1, 8, 8] with Adam, through `steps` solver steps of fd.sdo.sample
+    (`grad_step` "random": SDO, "all": full backpropagation), so that the shipped classifier takes the sample for
+    digit `target`; the noise is renormalised to its norm after each step (it stays a plausible Gaussian draw).
+    Returns the final noise and, per iteration, the fraction of samples classified as `target` (of the sample the
+    step was taken on)."""
+    classifier = fd.metrics.digits_classifier()
+    sigmas = fd.get_sigmas_karras(steps, denoiser.sigma_min, denoiser.sigma_max)
+    z = noise.clone().requires_grad_()
+    norm = noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    optimizer = torch.optim.Adam([z], lr=lr)
+    labels = torch.full((len(noise),), target)
+    step_generator = torch.Generator().manual_seed(seed)
+    hit_rates = []
+    for _ in range(iterations):
+        images = fd.sdo.sample(denoiser, z * sigmas[0], sigmas, solver, grad_step=grad_step,
+                               step_generator=step_generator)
+        logits = classifier(images.clamp(-1, 1))
+        hit_rates.append((logits.argmax(1) == labels).float().mean().item())
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        with torch.no_grad():  # back onto the sphere of the starting noise
+            z.mul_(norm / z.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    return z.detach(), hit_rates
 
 def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], budgets: list[int], data_fd: float,
                   out: Path, shown: int = 36) -> None:

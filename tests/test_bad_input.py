@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import fused_diffusion as fd
 from fused_diffusion import ops
 
-import reference_samplers as ref
+from fused_diffusion.testing import reference_samplers as ref
 from mixture import SIGMA_MAX, rel_err
 
 

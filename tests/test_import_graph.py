@@ -1,5 +1,6 @@
 """The package's import graph: no module imports itself back through others (imports inside functions count, typing-only
-imports under `if TYPE_CHECKING:` do not), and no two modules share a name (one name, one meaning)."""
+imports under `if TYPE_CHECKING:` do not), no module imports fused_diffusion.testing (the references the tests and
+benches compare against), and no two modules share a name (one name, one meaning)."""
 from __future__ import annotations
 
 import ast
@@ -90,6 +91,14 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_only_tests_and_benches_import_the_testing_references():
+    # fused_diffusion.testing says what the library is compared against; the library itself must not lean on it
+    importers = {name for name, targets in import_graph().items()
+                 if not name.startswith("fused_diffusion.testing")
+                 and any(target.startswith("fused_diffusion.testing") for target in targets)}
+    assert importers == set()
 
 
 def test_no_two_modules_share_a_name():

@@ -1,8 +1,9 @@
 """fd.integrations.accelerate / undo on the conditional pipelines it names (Stable Diffusion txt2img and img2img, SDXL
-base and refiner, SD3, Flux), each built offline from tiny random components (tests/tiny_pipelines.py): the
-pipeline's own __call__ samples through this library and gives the images of its own loop with the diffusers
-scheduler it reproduces; undo gives the own loop back bit-exactly; DeepCache / Skip-Tuning equal the hooks applied by
-hand to the pipeline's own loop; what cannot be done is refused by name before anything changes."""
+base and refiner, SD3, Flux), each built offline from tiny random components (fused_diffusion/testing/
+tiny_pipelines.py): the pipeline's own __call__ samples through this library and gives the images of its own loop
+with the diffusers scheduler it reproduces; undo gives the own loop back bit-exactly; DeepCache / Skip-Tuning equal
+the hooks applied by hand to the pipeline's own loop; what cannot be done is refused by name before anything
+changes."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +17,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 import fused_diffusion as fd  # noqa: E402
-import tiny_pipelines as tiny  # noqa: E402
+from fused_diffusion.testing import tiny_pipelines as tiny  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 STEPS = 6

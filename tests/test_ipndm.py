@@ -8,7 +8,7 @@ from torch import nn
 import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 
-import reference_samplers as ref
+from fused_diffusion.testing import reference_samplers as ref
 from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

@@ -1,6 +1,6 @@
 """k-diffusion 0.1.1's samplers on the fused ops: each against an independent re-statement of k-diffusion's update
-rules (tests/reference_samplers.py), the random stream it draws from, repeated sigmas, convergence on the analytic
-Gaussian mixture, launches per stage, graph mode and errors."""
+rules (fused_diffusion/testing/reference_samplers.py), the random stream it draws from, repeated sigmas, convergence
+on the analytic Gaussian mixture, launches per stage, graph mode and errors."""
 import sys
 import warnings
 
@@ -11,7 +11,7 @@ import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 from fused_diffusion.solvers.step_noise import advance_like_randn
 
-import reference_samplers as ref
+from fused_diffusion.testing import reference_samplers as ref
 from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
 torchsde = pytest.importorskip("torchsde")  # the SDE samplers' default Brownian-tree noise

@@ -12,7 +12,7 @@ import torch
 import fused_diffusion as fd
 from fused_diffusion.ops import count_op_launches
 
-import reference_samplers as ref
+from fused_diffusion.testing import reference_samplers as ref
 from mixture import SIGMA_MAX, SIGMA_MIN, on, rel_err
 
 

@@ -1,6 +1,6 @@
 """Independent re-statements of the papers' samplers, written as plain loops (k-diffusion 0.1.1's code for the
-samplers it has; AMED's and DDIM's from their papers; iPNDM's from the AMED code), for the solver tests. Nothing
-here imports the library."""
+samplers it has; AMED's and DDIM's from their papers; iPNDM's from the AMED code), for the solver tests and
+bench/bench_samplers.py. Nothing here imports the library."""
 import math
 
 import torch
