@@ -3,11 +3,17 @@
     python bench/bench_ops.py            # full sweep, 64 KB .. 512 MB outputs, fp16 / bf16 / fp32
     python bench/bench_ops.py --quick    # a reduced sweep
     python bench/bench_ops.py --ops lincomb2 --dtypes fp16 --sizes 67108864   # one op / dtype / size
+    python bench/bench_ops.py --host     # host time per call on tiny tensors (CPU, or CUDA where present)
 
 Writes bench/results/ops_<gpu>.csv (one row per op / dtype / size / implementation, with the GPU name,
 torch and triton versions and the command line) and a plot ops_<gpu>.png next to it, and prints the
 "Heun stage" comparison: the second Heun stage on fp16 latents 8x4x128x128, fused lincomb vs eager.
 Without CUDA it says so and exits 0 without writing anything: numbers only ever come from a GPU.
+
+--host measures what a call costs the host (Python, dispatch, checks, allocation) on tensors so small that the
+arithmetic is nothing: each op's public call, the bound call a sampling run makes (lincomb_on), the custom op
+(torch.ops.fused_diffusion.*, what torch.compile graphs call) and the eager torch chain it replaces, each against
+one torch elementwise op (torch.add). Writes bench/results/ops_host_<device>.csv and a plot.
 
 Bytes moved = bytes read + bytes written by the op once; GB/s = bytes moved / median time. The copy
 baseline moves the same bytes with one tensor copy (half read, half written): the practical ceiling.
@@ -39,20 +45,31 @@ def time_ms(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
 
 
-def make_case(op: str, out_bytes: int, dtype: torch.dtype, device: str):
-    """(fused call, eager torch call, bytes moved) for `op` whose output has out_bytes bytes.
+def make_case(op: str, out_bytes: int, dtype: torch.dtype, device: str, into_out: bool = True):
+    """(fused call, eager torch call, bytes moved) for `op` whose output has out_bytes bytes; the fused call writes
+    into a preallocated out, or with into_out=False allocates its own (the common call).
 
     4-D [B, C, H, W] features with B = 2; the concat ops take half their output channels from each input.
     """
+    args, eager, inputs = case_arguments(op, out_bytes, dtype, device)
+    fused_op = getattr(ops, op.rstrip("0123456789"))
+    out = eager()
+    moved = sum(t.numel() * t.element_size() for t in (*inputs, out))
+    if into_out:
+        return (lambda: fused_op(*args, out=out)), eager, moved
+    return (lambda: fused_op(*args)), eager, moved
+
+
+def case_arguments(op: str, out_bytes: int, dtype: torch.dtype, device: str):
+    """(the fused op's arguments, the eager torch chain it replaces, the data tensors it reads) for make_case."""
     numel = max(out_bytes // torch.tensor([], dtype=dtype).element_size(), 64)
     shape = (2, 8, numel // 16 // 8, 8)  # total numel rounded down to a multiple of 128
     half = (2, 4, *shape[2:])
     new = lambda s: torch.randn(s, device=device, dtype=dtype)  # noqa: E731
     scalar = lambda n=1: torch.rand(n, device=device) + 0.5  # noqa: E731
-    size = lambda *ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
     if op.startswith("lincomb"):
         k = int(op.removeprefix("lincomb"))
-        xs, c, out = [new(shape) for _ in range(k)], scalar(k), new(shape)
+        xs, c = [new(shape) for _ in range(k)], scalar(k)
         cs = [c[i] for i in range(k)]  # eager solver code multiplies by 0-d device tensors
 
         def eager():
@@ -61,24 +78,17 @@ def make_case(op: str, out_bytes: int, dtype: torch.dtype, device: str):
                 acc = acc + ci * x
             return acc
 
-        return (lambda: ops.lincomb(xs, c, out=out)), eager, size(*xs, out)
+        return (xs, c), eager, xs
     if op == "blend":
-        fresh, cached, w, out = new(shape), new(shape), scalar(), new(shape)
-        return (lambda: ops.blend(fresh, cached, w, out=out)), (lambda: w * fresh + (1 - w) * cached), size(fresh, cached, out)
-    h, skip, rho, b, out = new(half), new(half), scalar(2), scalar(2), new(shape)
+        fresh, cached, w = new(shape), new(shape), scalar()
+        return (fresh, cached, w), (lambda: w * fresh + (1 - w) * cached), (fresh, cached)
+    h, skip, rho, b = new(half), new(half), scalar(2), scalar(2)
     rho4, b4 = rho.view(2, 1, 1, 1), b.view(2, 1, 1, 1)
     if op == "skip_concat":
-        return (
-            (lambda: ops.skip_concat(h, skip, rho, b, out=out)),
-            (lambda: torch.cat([h * b4, skip * rho4], 1)),
-            size(h, skip, out),
-        )
+        return (h, skip, rho, b), (lambda: torch.cat([h * b4, skip * rho4], 1)), (h, skip)
     cached, w = new(half), scalar()
-    return (
-        (lambda: ops.blend_concat(h, cached, w, skip, rho, b, out=out)),
-        (lambda: torch.cat([(w * h + (1 - w) * cached) * b4, skip * rho4], 1)),
-        size(h, cached, skip, out),
-    )
+    return ((h, cached, w, skip, rho, b), (lambda: torch.cat([(w * h + (1 - w) * cached) * b4, skip * rho4], 1)),
+            (h, cached, skip))
 
 
 def copy_case(moved: int, dtype: torch.dtype, device: str) -> Callable[[], object]:
@@ -128,6 +138,65 @@ def sweep(op_names: list[str], dtypes: list[str], sizes: list[int], backends: li
     return rows
 
 
+HOST_CALLS = 1000  # calls per timed run; the minimum of --repeats runs is kept
+
+
+def host_time_us(fn: Callable[[], object], repeats: int) -> float:
+    """Host microseconds per call: the least of `repeats` timed runs of HOST_CALLS calls."""
+    import timeit
+
+    fn()
+    return min(timeit.repeat(fn, number=HOST_CALLS, repeat=repeats)) / HOST_CALLS * 1e6
+
+
+def host_times(op_names: list[str], device: str, repeats: int) -> list[dict]:
+    """Per op on fp32 [2, 8, 2, 8] data: the public call, the bound call a sampling run makes (lincomb only), the
+    custom op and the eager chain, each timed interleaved with one torch elementwise op (torch.add of two inputs)."""
+    rows = []
+    for op in op_names:
+        args, eager, inputs = case_arguments(op, 2048, torch.float32, device)
+        name = op.rstrip("0123456789")
+        calls = {"torch.add (one elementwise op)": lambda: torch.add(inputs[0], inputs[1]),
+                 "fused, public call": lambda: getattr(ops, name)(*args),
+                 "eager torch chain": eager}
+        if name == "lincomb":
+            calls["fused, bound (lincomb_on)"] = lambda bound=ops.lincomb_on(torch.device(device)): bound(*args)
+        if hasattr(torch.ops.fused_diffusion, name):  # the extension defines the custom ops
+            calls["custom op (torch.ops)"] = lambda: getattr(torch.ops.fused_diffusion, name).default(*args)
+        best = {impl: float("inf") for impl in calls}
+        for _ in range(repeats):
+            for impl, fn in calls.items():
+                best[impl] = min(best[impl], host_time_us(fn, 1))
+        baseline = best["torch.add (one elementwise op)"]
+        for impl, us in best.items():
+            rows.append({"op": op, "impl": impl, "us_per_call": round(us, 2), "vs_torch_op": round(us / baseline, 2)})
+            print(f"{op:13s} {impl:32s} {us:7.2f} us  {us / baseline:5.2f}x torch.add", flush=True)
+    return rows
+
+
+def plot_host(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    op_names = list(dict.fromkeys(r["op"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        xs = [i + j * width for i, op in enumerate(op_names) if any(r["op"] == op and r["impl"] == impl for r in rows)]
+        ys = [r["us_per_call"] for op in op_names for r in rows if r["op"] == op and r["impl"] == impl]
+        ax.bar(xs, ys, width, label=impl)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(op_names))], op_names)
+    ax.set_ylabel("host us per call (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -162,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="these dtypes instead")
     parser.add_argument("--sizes", nargs="+", type=int, metavar="BYTES", help="these output sizes (bytes) instead")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--host", action="store_true", help="host time per call on tiny tensors instead")
+    parser.add_argument("--repeats", type=int, default=15, help="--host: interleaved timed runs, least kept")
+    parser.add_argument("--threads", type=int, default=1, help="--host: torch threads")
     args = parser.parse_args(argv)
+    if args.host:
+        return host(args)
     if not torch.cuda.is_available():
         print("bench_ops: no CUDA device; these numbers only come from a GPU, so nothing was measured or written.")
         return 0
@@ -201,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerow({**meta, **r})
     plot(rows, csv_path.with_suffix(".png"), f"fused ops on {gpu}")
     print(f"wrote {csv_path} and {csv_path.with_suffix('.png')}")
+    return 0
+
+
+def host(args: argparse.Namespace) -> int:
+    from common import machine, write_csv
+
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = ops.backends()["active"][device]
+    print(f"host time per call on {device} ({machine()}), backend {backend}, {args.threads} thread(s)")
+    rows = [{"device": device, "backend": backend, **r} for r in host_times(args.ops or OPS, device, args.repeats)]
+    path = write_csv("ops_host", rows)
+    plot_host(rows, path.with_suffix(".png"), f"fused op host time per call, {device} ({machine()}), backend {backend}")
     return 0
 
 

@@ -9,21 +9,14 @@
 namespace fused_diffusion {
 namespace {
 
-// A per-sample scalar: 1 element, or N elements along one dim ([N] or e.g. [N, 1, 1, 1]).
+// A per-sample scalar: 1 element, or one per sample along dim 0 ([N] or e.g. [N, 1, 1, 1]), the rule of the
+// Python checks (ops/_common.py as_scalar), which a call this refuses falls back to.
 Scalar per_sample(const char* op, const char* name, const at::Tensor& t, const at::Tensor& out,
                   int64_t batch) {
   check_param(op, name, t, out);
-  TORCH_CHECK(t.numel() == 1 || t.numel() == batch, op, ": ", name, " must have 1 or ", batch,
-              " (batch size) elements, got ", t.numel());
-  int64_t stride = 0;
-  if (t.numel() != 1) {
-    int64_t dim = -1;
-    for (int64_t d = 0; d < t.dim(); ++d)
-      if (t.size(d) == batch) dim = d;
-    TORCH_CHECK(dim >= 0, op, ": ", name, " must be a vector of ", batch, " values, got shape ", t.sizes());
-    stride = t.stride(dim);
-  }
-  return {t.const_data_ptr<float>(), stride};
+  TORCH_CHECK(t.numel() == 1 || (t.numel() == batch && t.size(0) == batch), op, ": ", name,
+              " must have 1 element or one per batch element (", batch, ") along dim 0, got shape ", t.sizes());
+  return {t.const_data_ptr<float>(), t.numel() == 1 ? 0 : t.stride(0)};
 }
 
 bool is_channels_last(const at::Tensor& t) {

@@ -15,8 +15,11 @@ at::Tensor dense(const at::Tensor& t, at::MemoryFormat format = at::MemoryFormat
   return t.is_contiguous(format) ? t : t.contiguous(format);
 }
 
-// Coefficients and per-sample scalars as the kernels read them: float32 and contiguous.
-at::Tensor param(const at::Tensor& t) { return dense(t.to(at::kFloat)); }
+// Coefficients and per-sample scalars as the kernels read them: float32 and contiguous (the common case without a
+// dispatcher call: a host cost every op call pays).
+at::Tensor param(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : dense(t.to(at::kFloat));
+}
 
 std::optional<at::Tensor> param(const std::optional<at::Tensor>& t) {
   return t ? std::optional<at::Tensor>(param(*t)) : std::nullopt;
@@ -55,10 +58,14 @@ std::vector<at::Tensor> dense_all(at::TensorList inputs) {
   return result;
 }
 
+}  // namespace
+
+// The entries: the functional forms are also fused_diffusion._C's allocating calls (bindings.cpp, ops.h).
+
 at::Tensor lincomb_new(at::TensorList inputs, const at::Tensor& coeffs) {
   TORCH_CHECK(!inputs.empty(), "lincomb: needs 1 to ", kMaxInputs, " inputs, got none");
   std::vector<at::Tensor> ins = dense_all(inputs);
-  at::Tensor out = at::empty_like(ins[0], at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty(ins[0].sizes(), ins[0].options());  // contiguous; one dispatcher call, not empty_like's two
   lincomb(ins, param(coeffs), out);
   return out;
 }
@@ -93,7 +100,7 @@ void skip_concat_out(const at::Tensor& h, const at::Tensor& skip, const at::Tens
 }
 
 at::Tensor blend_new(const at::Tensor& fresh, const at::Tensor& cached, const at::Tensor& w) {
-  at::Tensor out = at::empty_like(fresh, at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty(fresh.sizes(), fresh.options());
   blend(dense(fresh), dense(cached), param(w), out);
   return out;
 }
@@ -125,8 +132,6 @@ void blend_concat_out(const at::Tensor& fresh, const at::Tensor& cached, const a
                  dst);
   });
 }
-
-}  // namespace
 
 TORCH_LIBRARY(fused_diffusion, m) {
   m.def("lincomb(Tensor[] inputs, Tensor coeffs) -> Tensor");

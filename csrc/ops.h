@@ -90,6 +90,15 @@ inline void dispatch_num_inputs(int k, const F& f) {
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 #ifndef __CUDACC__
+// The allocating (functional) forms, which are also the custom ops' (library.cpp): operands in another layout are
+// made dense, coefficients and scalars float32; out is contiguous (the concat ops: channels_last when every part is).
+at::Tensor lincomb_new(at::TensorList inputs, const at::Tensor& coeffs);
+at::Tensor skip_concat_new(const at::Tensor& h, const at::Tensor& skip, const at::Tensor& rho,
+                           const std::optional<at::Tensor>& b);
+at::Tensor blend_new(const at::Tensor& fresh, const at::Tensor& cached, const at::Tensor& w);
+at::Tensor blend_concat_new(const at::Tensor& fresh, const at::Tensor& cached, const at::Tensor& w,
+                            const at::Tensor& skip, const at::Tensor& rho, const std::optional<at::Tensor>& b);
+
 // ---- Argument checks shared by the entry points; messages name the op and the argument. ----
 
 // A data tensor must live on out's device and share out's dtype, which must be a supported one.

@@ -201,3 +201,29 @@ def test_gradients_through_the_extension_need_no_triton(monkeypatch, fresh_cache
     assert "LincombFunction" in type(y.grad_fn).__name__
     assert launches.launches == {("lincomb", "cpp"): 2}
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
+
+
+@pytest.mark.skipif(availability.unavailable("cpp", "cpu") is not None, reason="the C++ extension is not built")
+def test_common_call_takes_the_allocating_entry(monkeypatch):
+    """A call without out, on contiguous fp32 data needing no gradient, is one call of the extension's `<op>_new`
+    (what makes a public call cost about two torch ops); what it refuses or cannot take goes the full path."""
+    module = availability.extension()[0]
+    entries = {}
+    for name, spec in ops.SPECS.items():
+        entry = getattr(module, spec.allocating_entry)
+        monkeypatch.setattr(module, spec.allocating_entry,
+                            lambda *a, entry=entry, name=name: entries.__setitem__(name, entries.get(name, 0) + 1)
+                            or entry(*a))
+    x = torch.randn(2, 3, 4, 4)
+    one = torch.ones(1)
+    expected = reference.blend(x, 2 * x, one * 0.25, torch.empty_like(x))
+    with ops.use_backend("cpp"):
+        run_all_ops()
+        assert entries == dict.fromkeys(ops.SPECS, 1)
+        torch.testing.assert_close(ops.blend(x, 2 * x, one * 0.25), expected)
+        ops.blend(x, 2 * x, 0.25)  # a Python number: converted by the full path
+        ops.blend(x.to(memory_format=torch.channels_last), x, one)  # another layout: the full path keeps it
+        ops.blend(x.requires_grad_(), x, one)  # a gradient to record
+        with pytest.raises(ValueError, match=r"w must have 1 element or one per batch element \(2\)"):
+            ops.blend(x, x, torch.ones(1, 2))  # refused by the extension, named by the full path's checks
+    assert entries["blend"] == 3

@@ -256,7 +256,7 @@ ERRORS = {
     ),
     "scalar size": (
         lambda C: C.skip_concat(_x(2, 3), _x(2, 1), _x(3), None, _x(2, 4)),
-        r"rho must have 1 or 2 \(batch size\) elements, got 3",
+        r"rho must have 1 element or one per batch element \(2\) along dim 0, got shape \[3\]",
     ),
     "scalar dtype": (
         lambda C: C.blend(_x(2, 3), _x(2, 3), _x(1, dtype=torch.float16), _x(2, 3)),

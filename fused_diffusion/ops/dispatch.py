@@ -78,6 +78,10 @@ def implementation(spec: OpSpec, backend: str) -> Callable[..., Tensor]:
 
 def call(spec: OpSpec, *args, out: Optional[Tensor] = None) -> Tensor:
     """Runs `spec` on the public arguments `args` (and `out`), on the backend dispatch chooses."""
+    if out is None and not _counters:
+        result = _direct_call(spec, args)
+        if result is not None:
+            return result
     op = spec.prepare(*args, out=out)
     if torch.compiler.is_compiling():
         return _traced(spec, op, out)
@@ -92,6 +96,29 @@ def call(spec: OpSpec, *args, out: Optional[Tensor] = None) -> Tensor:
         result = spec.autograd(launch, *op.args)
         return result if out is None else out.copy_(result)
     return launch(*op.args, spec.new_out(*op.args) if out is None else out)
+
+
+def _direct_call(spec: OpSpec, args: tuple) -> Optional[Tensor]:
+    """The common call in one step: the extension's allocating entry (`<op>_new`) where dispatch chooses the extension,
+    on contiguous data, with no gradient to record and outside torch.compile; else None, and so for anything the
+    extension refuses (its checks: dtypes, devices, shapes, scalar sizes), which the full path then validates by
+    name, converts or runs on the torch reference. Its host cost is about that of two torch ops (bench_ops.py --host)."""
+    first = args[0]
+    if type(first) is list or type(first) is tuple:
+        first = first[0] if first else None
+    if type(first) is not Tensor or not first.is_contiguous() or torch.compiler.is_compiling():
+        return None
+    module = direct_extension(first.device)
+    if module is None or (torch.is_grad_enabled() and _requires_grad(args)):
+        return None
+    try:
+        return getattr(module, spec.allocating_entry)(*args)
+    except (RuntimeError, TypeError, AttributeError):  # AttributeError: an extension built before the entry existed
+        return None
+
+
+def _requires_grad(args: tuple) -> bool:
+    return any(a.requires_grad if type(a) is Tensor else type(a) in (list, tuple) and _requires_grad(a) for a in args)
 
 
 def _traced(spec: OpSpec, op, out: Optional[Tensor]) -> Tensor:

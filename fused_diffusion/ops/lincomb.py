@@ -100,9 +100,6 @@ def lincomb(inputs: Sequence[Tensor], coeffs: Tensor, out: Optional[Tensor] = No
 
     Computes in float32 and stores in out's dtype (inputs[0]'s when out is None). out may be an input. A loop that
     makes many calls on one device takes `lincomb_on(device)` once instead (the backend chosen once)."""
-    if (out is None and isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Tensor)
-            and not torch.compiler.is_compiling()):
-        return lincomb_on(inputs[0].device)(inputs, coeffs)
     return dispatch.call(SPEC, inputs, coeffs, out=out)
 
 

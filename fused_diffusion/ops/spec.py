@@ -27,7 +27,8 @@ class OpSpec:
     """Everything dispatch needs to know about an op.
 
     prepare(*args, out=out) -> OpCall validates and normalises the public arguments (errors name the argument);
-    reference(*args, out) is the torch definition; extension(module, *args, out) runs fused_diffusion._C's entry;
+    reference(*args, out) is the torch definition; extension(module, *args, out) runs fused_diffusion._C's entry
+    (the common call without out goes to `<name>_new` directly: dispatch._direct_call);
     new_out(*args) allocates the output; autograd(launch, *args) makes a differentiable call whose forward and
     backward use `launch(*args, out)` (None: calls that need gradients run the reference, which torch differentiates).
     The Triton launcher is `ops.kernels.<name>.<name>_triton(*args, out)`.
@@ -39,6 +40,11 @@ class OpSpec:
     extension: Callable[..., Tensor]
     new_out: Callable[..., Tensor]
     autograd: Optional[Callable[..., Tensor]] = None
+
+    @property
+    def allocating_entry(self) -> str:
+        """fused_diffusion._C's entry that allocates and returns the result (the .out-less call)."""
+        return f"{self.name}_new"
 
     def triton(self, kernels: ModuleType) -> Callable[..., Tensor]:
         return getattr(getattr(kernels, self.name), f"{self.name}_triton")
