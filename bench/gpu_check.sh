@@ -5,6 +5,7 @@
 #                                       #   extension, every gpu-marked test, one op-bandwidth figure (lincomb of 2 fp16
 #                                       #   inputs, 64 MB out, -> bench/results/quick/) and one whole loop (ddpm-cifar10
 #                                       #   batch 1, eager and fd_graph, no torch.compile setup -> loop_<gpu>_quick.csv)
+#                                       #   and the ops' host time per call (bench_ops.py --host -> ops_host_<gpu>.csv)
 #   bash bench/gpu_check.sh test        # build the CUDA extension in place, run the GPU tests + solver/graph suites
 #   bash bench/gpu_check.sh ops         # bench_ops sweep -> bench/results/ops_<gpu>.csv/.png
 #   bash bench/gpu_check.sh loop ddpm-cifar10 1   # bench_loop for one model and batch (with two torch.compile
@@ -88,6 +89,10 @@ case $stage in
     run python3 bench/bench_ops.py --ops lincomb2 --dtypes fp16 --sizes 67108864 --out-dir bench/results/quick \
       || failed+=("op bandwidth")
     table "bench/results/quick/ops_*.csv"
+    end
+    begin "op host time"
+    run python3 bench/bench_ops.py --host --repeats 5 || failed+=("op host time")
+    table "bench/results/ops_host_*.csv"
     end
     begin "whole loop"
     run python3 bench/bench_loop.py --models ddpm-cifar10 --batches 1 --methods eager fd_graph --reps 3 --tag _quick \

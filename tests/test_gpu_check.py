@@ -90,7 +90,7 @@ def test_unknown_stage_fails_before_anything_runs():
 def test_quick_stage_is_a_timed_first_contact(printed):
     output, cmds = printed["quick"]
     timed = re.findall(r"^== (.+): \d+\.\d s$", output, flags=re.M)
-    assert timed == ["build", "gpu tests", "op bandwidth", "whole loop"], output
+    assert timed == ["build", "gpu tests", "op bandwidth", "op host time", "whole loop"], output
     assert ["python3", "setup.py", "-q", "build_ext", "--inplace"] in cmds
     assert "FUSED_DIFFUSION_REQUIRE_EXT=1" in output
     pytest_runs = [c for c in cmds if c[:3] == ["python3", "-m", "pytest"]]
@@ -106,7 +106,8 @@ def test_quick_stage_is_a_timed_first_contact(printed):
                 parsed[key].append(a)
         return parsed
 
-    ops = [options(c) for c in cmds if c[:2] == ["python3", "bench/bench_ops.py"]]
+    ops = [options(c) for c in cmds if c[:2] == ["python3", "bench/bench_ops.py"] and "--host" not in c]
+    assert any(c[:3] == ["python3", "bench/bench_ops.py", "--host"] for c in cmds)  # host time per call, tiny tensors
     assert len(ops) == 1 and all(len(ops[0][k]) == 1 for k in ("--ops", "--dtypes", "--sizes")), ops
     loops = [options(c) for c in cmds if c[:2] == ["python3", "bench/bench_loop.py"]]
     assert len(loops) == 1 and len(loops[0]["--models"]) == 1 and loops[0]["--batches"] == ["1"], loops
