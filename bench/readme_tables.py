@@ -1,22 +1,27 @@
-"""README tables generated from benchmark CSVs: each table's text lives between `<!-- table:NAME -->` and
-`<!-- /table:NAME -->` in README.md and is rewritten from its CSV, nothing else is touched.
+"""README tables generated from benchmark CSVs and from the solver registry: each table's text lives between
+`<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md and is rewritten from its source, nothing else is
+touched.
 
     python bench/readme_tables.py            # every table in TABLES
     python bench/readme_tables.py quality    # one
+    python bench/readme_tables.py --check    # write nothing; fail naming the tables README.md has out of date
 
 A bench adds its table by writing a function that returns markdown (`pivot` makes the usual solver x calls grid) and
-registering it in TABLES. Rerunning on the same CSVs leaves README.md unchanged; a missing marker is an error.
+registering it in TABLES. Rerunning on the same sources leaves README.md unchanged; a missing marker is an error.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import math
 from pathlib import Path
 from typing import Callable
 
+import fused_diffusion as fd
 from common import RESULTS
-from fused_diffusion.solvers import SOLVERS
+from fused_diffusion.solvers import EAGER_ONLY, SOLVERS, Solver
+from fused_diffusion.solvers.base import SCHEDULE_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,23 +219,83 @@ def pipelines_table() -> str:
             + "\n\n" + "\n".join(lines))
 
 
+def calls_in_n(calls: Callable[[int], int]) -> str:
+    """`calls(n)` = a n + b written out ("2n − 1", "n"), checked over 1 to 8 steps."""
+    steps = range(1, 9)
+    counts = [calls(n) for n in steps]
+    slope, intercept = counts[1] - counts[0], 2 * counts[0] - counts[1]
+    if counts != [slope * n + intercept for n in steps]:
+        raise ValueError(f"model calls {counts} of 1 to 8 steps are not a n + b")
+    term = "n" if slope == 1 else f"{slope}n"
+    return f"{term} {'+' if intercept > 0 else '−'} {abs(intercept)}" if intercept else term
+
+
+def solver_with_defaults(cls: type[Solver]) -> Solver:
+    """The solver with its default options, and stand-ins for those it has no default for (they change nothing the
+    solvers table shows: dpm_fast's calls are its nfe whatever it is)."""
+    stand_ins = {"alphas_cumprod": fd.ddpm_alphas_cumprod(), "nfe": 10}
+    return cls(**{name: stand_ins[name] for name in inspect.signature(cls).parameters if name in stand_ins})
+
+
+def solvers_table() -> str:
+    """Every solver fd.Sampler and fd.solvers.get_solver take by name, each fact read from its class (the registry,
+    fd.solvers.SOLVERS)."""
+    lines = ["| function | solver (`fd.Sampler(model, name, ...)`) | model calls for n steps | noise: option (default) "
+             "| model returns | schedule | paper |", "|---" * 7 + "|"]
+    for name, cls in SOLVERS.items():
+        solver = solver_with_defaults(cls)
+        function = f"`sample_{name}`" if hasattr(fd, f"sample_{name}") else "—"
+        if cls.schedule_kind == "sigma_range":  # the schedule has no steps: the run makes its nfe option's calls
+            calls = "`nfe`"
+        else:
+            to_zero = calls_in_n(lambda n: solver.calls(n, to_zero=True))
+            above_zero = calls_in_n(lambda n: solver.calls(n, to_zero=False))
+            calls = to_zero if to_zero == above_zero else f"{to_zero}; ending above 0: {above_zero}"
+        if cls.noise_option:
+            noise = f"`{cls.noise_option}` ({inspect.signature(cls).parameters[cls.noise_option].default:g})"
+        else:
+            noise = "always" if solver.stochastic else "—"
+        lines.append(f"| {function} | `{name}` | {calls} | {noise} | `{cls.model_output}` | `{cls.schedule_kind}` "
+                     f"| {cls.paper} |")
+    kinds = dict.fromkeys(cls.schedule_kind for cls in SOLVERS.values())
+    return ("Every solver `fd.Sampler` and `fd.solvers.get_solver` take by name (`fd.solvers.SOLVERS`), each fact read "
+            "from its class by `python bench/readme_tables.py solvers`; each runs eagerly and inside `fd.Sampler`'s "
+            "CUDA graph. n is the number of steps, the schedule's length − 1; calls and noise are those of the default "
+            "options (`get_solver(name, **options).calls(n, to_zero)` counts others). Schedules: "
+            + "; ".join(f"`{kind}`, {SCHEDULE_KINDS[kind]}" for kind in kinds) + ".\n\n" + "\n".join(lines) + "\n\n"
+            + " ".join(f"`{name}` is not a solver name: {reason}." for name, reason in EAGER_ONLY.items()))
+
+
 TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": samplers_table,
                                         "samplers_overhead": samplers_overhead_table, "shortcut": shortcut_table,
                                         "analytic_dpm": analytic_dpm_table, "sdo": sdo_table,
-                                        "integrations": integrations_table, "pipelines": pipelines_table}
+                                        "integrations": integrations_table, "pipelines": pipelines_table,
+                                        "solvers": solvers_table}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tables", nargs="*", help=f"of {', '.join(TABLES)} (default: all)")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 naming the tables whose README text differs from their source")
     args = parser.parse_args()
     names = args.tables or list(TABLES)
     if unknown := set(names) - set(TABLES):
         parser.error(f"unknown tables {sorted(unknown)}; known: {', '.join(TABLES)}")
     text = args.readme.read_text()
+    stale = []
     for name in names:
-        text = replace_between_markers(text, name, TABLES[name]())
+        updated = replace_between_markers(text, name, TABLES[name]())
+        if updated != text:
+            stale.append(name)
+        text = updated
+    if args.check:
+        if stale:
+            raise SystemExit(f"{args.readme} has out-of-date tables {', '.join(stale)}: run "
+                             f"python bench/readme_tables.py {' '.join(stale)}")
+        print(f"{', '.join(names)} in {args.readme} are up to date")
+        return
     args.readme.write_text(text)
     print(f"updated {', '.join(names)} in {args.readme}")
 

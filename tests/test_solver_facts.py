@@ -1,11 +1,14 @@
 """What each registered solver says of itself (fd.solvers.SOLVERS: model calls of an n-step run, whether it draws
-noise, its label and paper) against what a run really does: a counting model over a few schedules, ending at 0 and
-above it, with the options that change the count."""
+noise and which option sets it, its schedule kind, label and paper) against what a run really does: a counting model
+over a few schedules, ending at 0 and above it, with the options that change the count."""
+import inspect
+
 import pytest
 import torch
 
 import fused_diffusion as fd
 from fused_diffusion import solvers
+from fused_diffusion.solvers.base import SCHEDULE_KINDS
 
 ALPHAS_CUMPROD = fd.ddpm_alphas_cumprod()
 
@@ -87,6 +90,7 @@ def test_every_registered_solver_is_covered_and_named():
     labels = [cls.label for cls in solvers.SOLVERS.values()]
     assert len(set(labels)) == len(labels) and "solver" not in labels
     assert all(cls.paper for cls in solvers.SOLVERS.values())
+    assert all(cls.schedule_kind in SCHEDULE_KINDS for cls in solvers.SOLVERS.values())
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -125,6 +129,20 @@ def test_stochastic_is_whether_runs_differ_by_their_noise(case):
     _, first = counted_run(solver, schedule, seed=0)
     _, second = counted_run(solver, schedule, seed=1)
     assert solver.stochastic == (not torch.equal(first, second))
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_the_noise_option_is_what_makes_a_solver_stochastic(name):
+    """A solver with a noise option draws noise exactly when it is above 0; one without never does or always does,
+    whatever its options."""
+    cls = solvers.SOLVERS[name]
+    if cls.noise_option is None:
+        assert len({solvers.get_solver(name, **options).stochastic for options in OPTIONS[name]}) == 1
+        return
+    assert cls.noise_option in inspect.signature(cls).parameters
+    required = {key: value for key, value in OPTIONS[name][0].items() if key != cls.noise_option}
+    assert not solvers.get_solver(name, **required, **{cls.noise_option: 0.0}).stochastic
+    assert solvers.get_solver(name, **required, **{cls.noise_option: 0.5}).stochastic
 
 
 @pytest.mark.parametrize("name", ["dpm_2_ancestral", "dpmpp_2s_ancestral"])

@@ -74,6 +74,16 @@ class DeviceTables:
         return self.views[name]
 
 
+# what a solver's schedule is, by its `schedule_kind`
+SCHEDULE_KINDS = {
+    "sigmas": "noise levels sigma, decreasing, maybe ending at 0",
+    "timesteps": "a DDPM's integer timesteps, decreasing",
+    "flow_sigmas": "flow noise levels in [0, 1], decreasing (1 = noise, 0 = data)",
+    "flow_times": "flow times, 0 = noise up to 1 = data",
+    "sigma_range": "the pair [sigma_max, sigma_min]",
+}
+
+
 class Solver:
     """A solver family. Subclasses set `name`, implement `tables` and `step`; the schedule is sigmas (n + 1 values
     ending in 0) unless a subclass says otherwise in `check_schedule`/`num_steps`. A solver with options that change
@@ -88,14 +98,16 @@ class Solver:
     # what the model returns: "denoised" (x0, the EDM/k-diffusion denoisers), "eps" or "velocity"; fd.sdo holds the
     # noise-like part constant in the steps it runs without a graph
     model_output: str = "denoised"
-    # what the schedule is: "sigmas" (decreasing, maybe ending at 0), "timesteps" (a DDPM's integer timesteps),
-    # "flow_times" (0 = noise up to 1 = data) or "sigma_range" (the pair [sigma_max, sigma_min])
+    # what the schedule is: one of SCHEDULE_KINDS
     schedule_kind: str = "sigmas"
+    # the constructor option, kept under its own name, that sets how much noise a step draws (0: none); None where
+    # no option does: the solver never draws noise, or always does (and says so in `stochastic`)
+    noise_option: str | None = None
 
     @property
     def stochastic(self) -> bool:
         """Whether a step draws noise with these options (two runs from the same x then differ)."""
-        return False
+        return self.noise_option is not None and getattr(self, self.noise_option) > 0
 
     def calls(self, n_steps: int, to_zero: bool = True) -> int:
         """Model calls of a run of `n_steps` steps with these options. to_zero: the schedule ends at sigma = 0 (a

@@ -15,15 +15,13 @@ class ChurnSolver(Solver):
     """Adds EDM's churn: gamma_i = min(s_churn / n, sqrt(2) - 1) for s_tmin <= sigma_i <= s_tmax,
     sigma_hat = sigma_i (1 + gamma_i), x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) * s_noise * z (Alg. 2, lines 4-6)."""
 
+    noise_option = "s_churn"
+
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0):
         self.s_churn = check_real("s_churn", s_churn, at_least=0)
         self.s_tmin = check_real("s_tmin", s_tmin, allow_inf=True)
         self.s_tmax = check_real("s_tmax", s_tmax, allow_inf=True)
         self.s_noise = check_real("s_noise", s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.s_churn > 0
 
     def churn_tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         """'sigma' [n], 'sigma_hat' [n] and, with churn, the row [1, s_noise sqrt(sigma_hat^2 - sigma^2)]."""

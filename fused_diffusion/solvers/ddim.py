@@ -67,6 +67,7 @@ class DDIM(Solver):
     name, label, paper = "ddim", "DDIM", "Song et al. 2021 (DDIM), eq. 12"
     model_output = "eps"
     schedule_kind = "timesteps"
+    noise_option = "eta"
 
     def __init__(self, alphas_cumprod: Tensor, eta: float = 0.0, set_alpha_to_one: bool = True,
                  clip_sample: bool = True, clip_sample_range: float = 1.0, grid_steps: int | None = None):
@@ -75,10 +76,6 @@ class DDIM(Solver):
         self.eta, self.set_alpha_to_one = check_eta(eta, ddim=True), bool(set_alpha_to_one)
         self.clip_sample = bool(clip_sample)
         self.clip_sample_range = check_real("clip_sample_range", clip_sample_range, above=0)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
 
     def graph_key(self) -> tuple:
         return (type(self).__name__, self.eta > 0, self.clip_sample, self.clip_sample_range)

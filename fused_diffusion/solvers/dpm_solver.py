@@ -106,16 +106,13 @@ class DPMFast(Solver):
 
     name, label, paper = "dpm_fast", "DPM-Solver-fast", "Lu et al. 2022 (DPM-Solver), sec. 3.4"
     schedule_kind = "sigma_range"
+    noise_option = "eta"
 
     def __init__(self, nfe: int | None = None, eta: float = 0.0, s_noise: float = 1.0):
         if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
             raise ValueError(f"dpm_fast needs nfe, the number of model calls, an integer >= 1; got {nfe!r}")
         self.nfe, self.eta, self.s_noise = nfe, check_eta(eta), check_real("s_noise", s_noise)
         self.orders = fast_orders(nfe)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
 
     def check_schedule(self, schedule: Tensor) -> None:
         check_sigma_range(schedule)

@@ -106,15 +106,12 @@ class DPMppSDE(Solver):
 
     name, label, paper = "dpmpp_sde", "DPM++ SDE", "Lu et al. 2022b (DPM-Solver++), k-diffusion's stochastic form"
     calls_per_step = 2
+    noise_option = "eta"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         self.eta, self.s_noise, self.r = check_eta(eta), check_real("s_noise", s_noise), check_real("r", r)
         if not 0 < self.r <= 1:
             raise ValueError(f"r must be in (0, 1], got {r}")
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
 
     def tables(self, sigmas: Tensor) -> dict[str, Tensor]:
         # in t = -log sigma as k-diffusion, so a repeated sigma gives sigma_s = sigma exactly (h = 0)
@@ -161,13 +158,10 @@ class MultistepSDE(Solver):
     eta = 0); the step to 0 returns D."""
 
     history = 1
+    noise_option = "eta"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
 
     def step(self, run: Run, i: int, x: Tensor) -> Tensor:
         denoised = run.call(x, i, "sigma")

@@ -41,12 +41,10 @@ def ancestral_sigmas(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Ten
 class Ancestral(Solver):
     """A solver that steps deterministically to sigma_down, then adds s_noise sigma_up z (ancestral_sigmas)."""
 
+    noise_option = "eta"
+
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         self.eta, self.s_noise = check_eta(eta), check_real("s_noise", s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0
 
     def calls(self, n_steps: int, to_zero: bool = True) -> int:
         if self.calls_per_step > 1 and self.eta > 1:

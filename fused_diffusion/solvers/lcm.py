@@ -91,16 +91,13 @@ class TCD(TimestepSolver):
     sqrt(1 - a_{t'} / a_s) z; one lincomb on [x, eps(, z)]."""
 
     name, label, paper = "tcd", "TCD", "Zheng et al. 2024 (Trajectory Consistency Distillation)"
+    noise_option = "gamma"
 
     def __init__(self, alphas_cumprod: Tensor, gamma: float = 0.3):
         super().__init__(alphas_cumprod)
         self.gamma = check_real("gamma", gamma, at_least=0)
         if self.gamma > 1:
             raise ValueError(f"gamma must be in [0, 1] (the share of each step taken by re-noising), got {gamma}")
-
-    @property
-    def stochastic(self) -> bool:
-        return self.gamma > 0
 
     def tables(self, timesteps: Tensor) -> dict[str, Tensor]:
         t = timesteps.long()
