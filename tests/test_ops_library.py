@@ -117,17 +117,20 @@ def test_torch_compile_traces_the_ops_with_no_graph_break():
 
         return compile_fx(gm, example_inputs)
 
+    args = (data(2, 4, 6, 6), data(2, 4, 6, 6), data(2, 4, 6, 6), data(2, 3, 6, 6),
+            torch.tensor([1.0, -0.5], device=DEVICE), scalar(2), scalar(1))
+    with ops.use_backend("cuda" if DEVICE == "cuda" else "cpp"):  # on CUDA, Triton's ops: test_ops_triton_op.py
+        torch._dynamo.reset()  # the backend is chosen as a graph is traced
+        compiled = torch.compile(solver_stage, backend=recording_inductor, fullgraph=True)
+        for a, b in zip(compiled(*args), solver_stage(*args)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        names = ("lincomb", "blend", "skip_concat", "blend_concat")
+        assert {f"fused_diffusion.{name}.default" for name in names} <= set(seen)
+        # float64 data are not the kernels': the torch reference is traced instead, which inductor fuses
+        double = tuple(t.double() if t.dtype == torch.float32 and t.dim() > 1 else t for t in args)
+        for a, b in zip(compiled(*double), solver_stage(*double)):
+            torch.testing.assert_close(a, b)
     torch._dynamo.reset()
-    compiled = torch.compile(solver_stage, backend=recording_inductor, fullgraph=True)
-    args = (data(2, 4, 6, 6), data(2, 4, 6, 6), data(2, 4, 6, 6), data(2, 3, 6, 6), torch.tensor([1.0, -0.5]),
-            scalar(2), scalar(1))
-    for a, b in zip(compiled(*args), solver_stage(*args)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    assert {f"fused_diffusion.{name}.default" for name in ("lincomb", "blend", "skip_concat", "blend_concat")} <= set(seen)
-    # float64 data are not the kernels': the torch reference is traced instead, which inductor fuses
-    double = tuple(t.double() if t.dtype == torch.float32 and t.dim() > 1 else t for t in args)
-    for a, b in zip(compiled(*double), solver_stage(*double)):
-        torch.testing.assert_close(a, b)
 
 
 def test_eager_calls_keep_the_direct_path(monkeypatch):

@@ -140,19 +140,27 @@ def concat_format(parts: Sequence[Tensor]) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def concat_operands(parts: Sequence[Tensor], out: Tensor) -> tuple[list[Tensor], Tensor, bool]:
+def concat_operands(
+    parts: Sequence[Tensor], out: Tensor, *, out_is_new: bool = False
+) -> tuple[list[Tensor], Tensor, bool]:
     """Operands for the concat kernels: (parts, destination, channels_last).
 
     All operands end up NCHW-contiguous or all channels_last, following out's layout; the
     destination is a temporary for `writeback` when out has another layout or overlaps an input
-    partially (e.g. h is a slice of out).
+    partially (e.g. h is a slice of out). out_is_new: the caller allocated out for this call, so it
+    overlaps nothing (and, traced by torch.compile, has no data pointer to compare).
     """
     fmt = concat_format([out])
     dst = out
-    if not out.is_contiguous(memory_format=fmt) or overlaps_partially(out, parts):
+    if not out.is_contiguous(memory_format=fmt) or (not out_is_new and overlaps_partially(out, parts)):
         dst = torch.empty_like(out, memory_format=fmt)
     parts = [p if p.is_contiguous(memory_format=fmt) else p.contiguous(memory_format=fmt) for p in parts]
     return parts, dst, fmt is torch.channels_last
+
+
+def kernel_param(t: Tensor | None) -> Tensor | None:
+    """A coefficient table or scalar as the kernels read it: float32 and contiguous (None stays None)."""
+    return None if t is None else t.to(torch.float32).contiguous()
 
 
 def writeback(out: Tensor, dst: Tensor) -> Tensor:

@@ -122,9 +122,29 @@ def _requires_grad(args: tuple) -> bool:
 
 
 def _traced(spec: OpSpec, op, out: Optional[Tensor]) -> Tensor:
-    """A call traced by torch.compile: the extension's custom op where its kernels take the call (one node, no graph
-    break: inductor keeps it a kernel call), else the torch reference (which inductor fuses itself). The extension
-    must have been loaded before tracing (any eager call, or `fused_diffusion.ops.backends()`)."""
-    if op.data[0].device.type in library.devices and uniform_float_dtype(op.data):
-        return library.call(spec.name, *op.args, out=out)
-    return spec.reference(*op.args, out)
+    """A call traced by torch.compile: one custom-op node (no graph break) where fused kernels take the call, from the
+    namespace `traced_namespace` names (the Triton op, whose kernel inductor compiles with the graph, or the
+    extension's, one opaque kernel call); else the torch reference, which inductor fuses itself."""
+    namespace = traced_namespace(op.data[0].device.type)
+    if namespace is None or not uniform_float_dtype(op.data):
+        return spec.reference(*op.args, out)
+    return library.call(namespace, spec.name, *op.args, out=out)
+
+
+@torch.compiler.assume_constant_result
+def traced_namespace(device_type: str) -> Optional[str]:
+    """The custom-op namespace whose ops traced calls on `device_type` tensors become (library.TRITON or
+    library.EXTENSION), or None for the torch reference: the backend eager calls get (`choose`: a forced backend that
+    cannot run them raises, as in eager), where its ops can be traced.
+
+    The Triton ops are traced where Triton compiles its kernels (CUDA tensors) and not under TRITON_INTERPRET: torch
+    then runs an op's body on fake tensors, which the interpreter reads as data. A Triton choice that cannot be traced
+    takes the extension's op where the extension takes the device. A constant of the trace (ContextVars, which
+    `use_backend` sets, cannot be traced): a backend forced later applies once the function is compiled again
+    (`torch._dynamo.reset()`)."""
+    backend = choose(torch.device(device_type))
+    if backend == "triton" and device_type == "cuda" and triton_kernels()[1] == "compiled":
+        return library.TRITON
+    if backend != "torch" and extension()[0] is not None and device_type in library.devices:
+        return library.EXTENSION
+    return None

@@ -1,15 +1,29 @@
-"""The Python side of the torch custom ops `torch.ops.fused_diffusion.*` that the C++/CUDA extension defines
-(csrc/library.cpp: a functional and an .out form of lincomb, skip_concat, blend and blend_concat): their fake
-kernels (shapes, dtypes and layouts without data, so torch.compile traces them) and their autograd.
+"""The Python side of the fused ops as torch custom ops, in two namespaces:
 
-Eager calls take the extension through dispatch (its pybind entries cost ~1 us, an OpOverload call ~5 us); under
-torch.compile every op call becomes one of these custom ops where the extension takes it (inductor keeps it one
-kernel call, with no graph break) and the torch reference otherwise (which inductor fuses itself).
+- `torch.ops.fused_diffusion.*`, which the C++/CUDA extension defines (csrc/library.cpp: a functional and an .out form
+  of lincomb, skip_concat, blend and blend_concat);
+- `torch.ops.fused_diffusion_triton.*`, the Triton launchers as `torch.library.triton_op`s (ops/kernels/<op>.py: the
+  functional form), whose kernels inductor sees through `wrap_triton` and compiles with the graph.
+
+Here: each op's fake kernel (shapes, dtypes and layouts without data, so torch.compile traces it) and autograd, one of
+each per op, registered on both namespaces' functional ops.
+
+Eager calls take the kernels directly through dispatch (the extension's pybind entries cost ~1 us, an OpOverload call
+~5 us); under torch.compile every op call becomes one of these custom ops where fused kernels take it (one node, no
+graph break) and the torch reference otherwise (which inductor fuses itself): dispatch._traced.
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 from torch import Tensor
+
+EXTENSION = "fused_diffusion"
+# The Triton ops have a namespace of their own rather than fused_diffusion::<op>_triton: fused_diffusion is the
+# extension's TORCH_LIBRARY, which the Triton ops must not need (they exist without it), and one op name per backend
+# namespace keeps the two forms of an op side by side: torch.ops.<namespace>.<op>.
+TRITON = "fused_diffusion_triton"
 
 # the device types whose tensors the extension's ops take, once they are defined and their fake kernels and autograd
 # registered here (empty before)
@@ -22,23 +36,34 @@ def register(module) -> None:
     global devices
     if devices:
         return
-    for name, fake in (("lincomb", _lincomb_fake), ("skip_concat", _concat_fake), ("blend", _blend_fake),
-                       ("blend_concat", _blend_concat_fake)):
-        torch.library.register_fake(f"fused_diffusion::{name}", fake)
-        torch.library.register_fake(f"fused_diffusion::{name}.out", _out_fake)
-    torch.library.register_autograd("fused_diffusion::lincomb", _lincomb_backward, setup_context=_lincomb_setup)
-    torch.library.register_autograd("fused_diffusion::blend", _blend_backward, setup_context=_save_inputs)
-    torch.library.register_autograd("fused_diffusion::skip_concat", _skip_concat_backward, setup_context=_save_inputs)
-    torch.library.register_autograd("fused_diffusion::blend_concat", _blend_concat_backward,
-                                    setup_context=_save_inputs)
+    for name in FUNCTIONAL:
+        register_functional(f"{EXTENSION}::{name}", name)
+        torch.library.register_fake(f"{EXTENSION}::{name}.out", _out_fake)
     devices = frozenset({"cpu", "cuda"} if module.has_cuda() else {"cpu"})
 
 
-def call(name: str, *args, out: Tensor | None = None) -> Tensor:
-    """torch.ops.fused_diffusion.<name>(*args), or its .out form into `out`."""
-    op = getattr(torch.ops.fused_diffusion, name)
+def register_functional(qualname: str, name: str) -> None:
+    """Registers op `name`'s fake kernel and autograd on the functional custom op `qualname` (the extension's or the
+    Triton one)."""
+    fake, backward, setup_context = FUNCTIONAL[name]
+    torch.library.register_fake(qualname, fake)
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+def allocate(name: str, *args) -> Tensor:
+    """Op `name`'s output for `args`, empty, as its fake kernel describes it (the fake kernels are plain allocations):
+    what the Triton ops write into, so their outputs and fake kernel cannot disagree."""
+    return FUNCTIONAL[name].fake(*args)
+
+
+def call(namespace: str, name: str, *args, out: Tensor | None = None) -> Tensor:
+    """torch.ops.<namespace>.<name>(*args), into `out` when given: the extension's .out form, or a copy of the
+    Triton op's result (those have the functional form only)."""
+    op = getattr(getattr(torch.ops, namespace), name)
     if out is None:
         return op.default(*args)
+    if namespace == TRITON:
+        return out.copy_(op.default(*args))
     op.out(*args, out=out)
     return out
 
@@ -135,3 +160,19 @@ def _blend_concat_backward(ctx, grad: Tensor):
     return ((g_blend * wb).to(fresh.dtype), (g_blend * (1 - wb)).to(cached.dtype),
             _scalar_grad(g_blend * (fresh.float() - cached.float()), w), (g2 * _per_sample(rho, skip)).to(skip.dtype),
             _scalar_grad(g2 * skip.float(), rho), _scalar_grad(g1 * blended, b[0]) if b else None)
+
+
+class Functional(NamedTuple):
+    """What both namespaces' functional form of an op registers: its fake kernel and its autograd."""
+
+    fake: Callable[..., Tensor]
+    backward: Callable
+    setup_context: Callable
+
+
+FUNCTIONAL: dict[str, Functional] = {
+    "lincomb": Functional(_lincomb_fake, _lincomb_backward, _lincomb_setup),
+    "skip_concat": Functional(_concat_fake, _skip_concat_backward, _save_inputs),
+    "blend": Functional(_blend_fake, _blend_backward, _save_inputs),
+    "blend_concat": Functional(_blend_concat_fake, _blend_concat_backward, _save_inputs),
+}

@@ -1,6 +1,8 @@
-"""The Triton kernels of the fused ops, one module per op (kernel + launcher `<op>_triton(*args, out)`).
+"""The Triton kernels of the fused ops, one module per op: kernel, launcher `<op>_triton(*args, out)` (eager calls)
+and the launcher as a torch custom op, `torch.ops.fused_diffusion_triton.<op>` (what torch.compile traces).
 
-Importing this package imports triton; `ops.backends` does so lazily and reports why it failed if it does.
+Importing this package imports triton and registers those ops; `ops.backends` does so lazily and reports why it
+failed if it does.
 """
 from . import blend, blend_concat, lincomb, skip_concat
 from ._triton import is_interpreted as _is_interpreted

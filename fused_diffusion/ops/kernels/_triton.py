@@ -9,12 +9,18 @@ inputs with one coefficient row uses ~34, i.e. full occupancy. Same size for eve
 """
 from __future__ import annotations
 
+from typing import Any
+
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 BLOCK = 2048
 NUM_WARPS = 8
+
+# A kernel as the launchers launch it, kernel[grid](...): the @triton.jit function (eager calls), or
+# torch.library.wrap_triton's form of it (the Triton custom ops: torch.compile traces that launch)
+Kernel = Any
 
 
 def launch_grid(n: int) -> tuple[int]:

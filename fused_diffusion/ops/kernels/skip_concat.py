@@ -12,9 +12,11 @@ from typing import Optional
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op, wrap_triton
 
-from .._common import concat_operands, writeback
-from ._triton import BLOCK, NUM_WARPS, launch_grid, load_scalar, needs_int64, program_offsets
+from .. import library
+from .._common import concat_operands, kernel_param, writeback
+from ._triton import BLOCK, NUM_WARPS, Kernel, launch_grid, load_scalar, needs_int64, program_offsets
 
 
 @triton.jit
@@ -45,14 +47,18 @@ def _concat_kernel(
 
 
 def launch_concat(
-    h: Tensor, cached: Optional[Tensor], w: Optional[Tensor], skip: Tensor, rho: Tensor, b: Optional[Tensor], out: Tensor
+    h: Tensor, cached: Optional[Tensor], w: Optional[Tensor], skip: Tensor, rho: Tensor, b: Optional[Tensor],
+    out: Tensor, *, kernel: Optional[Kernel] = None, out_is_new: bool = False,
 ) -> Tensor:
-    """cat([(blend(h, cached, w) if cached is given else h) * b, skip * rho], 1) into out.
+    """cat([(blend(h, cached, w) if cached is given else h) * b, skip * rho], 1) into out, by `kernel`:
+    _concat_kernel when None, as eager calls launch it, or the Triton ops' wrap_triton form of it (which
+    torch.compile traces); out_is_new as concat_operands takes it.
 
     Arguments as validated by dispatch: data of one dtype and device, h/cached of one shape, skip
     matching h except in dim 1; scalars contiguous float32 with 1 or B elements.
     """
-    parts, dst, channels_last = concat_operands([h, skip] if cached is None else [h, skip, cached], out)
+    parts, dst, channels_last = concat_operands([h, skip] if cached is None else [h, skip, cached], out,
+                                                out_is_new=out_is_new)
     n = dst.numel()
     if n == 0:
         return out
@@ -64,7 +70,7 @@ def launch_concat(
     w_arg = rho if w is None else w
     b_arg = rho if b is None else b
     strides = [int(s.numel() > 1) for s in (w_arg, b_arg, rho)]
-    _concat_kernel[launch_grid(n)](
+    (_concat_kernel if kernel is None else kernel)[launch_grid(n)](
         dst, h, cached_arg, skip, w_arg, b_arg, rho,
         n, h.numel() // rows, skip.numel() // rows, rows // batch, *strides,
         BLEND=cached is not None, HAS_B=b is not None, PER_BATCH=any(strides),
@@ -76,3 +82,15 @@ def launch_concat(
 def skip_concat_triton(h: Tensor, skip: Tensor, rho: Tensor, b: Optional[Tensor], out: Tensor) -> Tensor:
     """Launcher for skip_concat; see launch_concat for the argument contract."""
     return launch_concat(h, None, None, skip, rho, b, out)
+
+
+@triton_op(f"{library.TRITON}::skip_concat", mutates_args=())
+def skip_concat_triton_op(h: Tensor, skip: Tensor, rho: Tensor, b: Optional[Tensor]) -> Tensor:
+    """torch.ops.fused_diffusion_triton.skip_concat: skip_concat_triton as a custom op that torch.compile traces into
+    its kernel. Functional: the output in the layout the fake kernel says (channels_last when both parts are)."""
+    out = library.allocate("skip_concat", h, skip, rho, b)
+    return launch_concat(h, None, None, skip, kernel_param(rho), kernel_param(b), out,
+                         kernel=wrap_triton(_concat_kernel), out_is_new=True)
+
+
+library.register_functional(f"{library.TRITON}::skip_concat", "skip_concat")
