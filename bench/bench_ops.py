@@ -29,9 +29,9 @@ from typing import Callable
 
 import torch
 
+from common import RESULTS, machine, write_csv
 from fused_diffusion import ops
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SIZES = [2**k for k in range(16, 30, 2)] + [2**29]  # output bytes: 64 KB, 256 KB, ..., 256 MB, 512 MB
 QUICK_SIZES = [2**16, 2**22, 2**26]
@@ -279,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def host(args: argparse.Namespace) -> int:
-    from common import machine, write_csv
-
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = ops.backends()["active"][device]

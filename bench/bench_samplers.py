@@ -11,7 +11,7 @@ budget, ending at sigma_min; dpm_adaptive picks its own steps and is one row per
 stochastic samplers use their k-diffusion default noise (Brownian tree for the DPM++ SDE ones), global seed 0.
 
 overhead: a model that is one multiply, so the time is the solver's: fd's sample_* (each stage one fused lincomb
-launch, noise included, on the default op backend) against tests/reference_samplers.py, k-diffusion 0.1.1's update
+launch, noise included, on the default op backend) against fused_diffusion/testing/reference_samplers.py, k-diffusion 0.1.1's update
 rules as k-diffusion writes them (unfused torch ops), on the same inputs; the minimum of --repeats runs each.
 """
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Callable
 import torch
 
 import fused_diffusion as fd
-from common import save_grid, write_csv
+from common import RESULTS, save_grid, write_csv
 from fused_diffusion import metrics, solvers
 from fused_diffusion.ops import count_op_launches
 from fused_diffusion.testing import reference_samplers as ref
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # name: (fd's sampler, k-diffusion's re-statement); model calls and noise are the solvers' own (fd.solvers)
 SAMPLERS: dict[str, tuple[Callable, Callable]] = {
     "euler": (fd.sample_euler, ref.euler),
@@ -128,7 +127,7 @@ SHORT = 2  # the short run the per-step time is measured from (k-diffusion's dpm
 
 def overhead(args: argparse.Namespace) -> None:
     """Host time per step of the solver alone, at each shape: fd's sample_* against k-diffusion's update rules
-    (tests/reference_samplers.py) and, where a diffusers scheduler runs the same solver, against diffusers' own loop
+    (fused_diffusion/testing/reference_samplers.py) and, where a diffusers scheduler runs the same solver, against diffusers' own loop
     (set_timesteps, scale_model_input, step), each with a model that is one multiply. A step's time is the difference
     between runs of --steps and of SHORT steps over the steps between (what a call costs once is reported apart: fd's
     first call builds the plan it then keeps); the minimum of --repeats interleaved runs each."""
@@ -237,7 +236,7 @@ def main() -> None:
     o = sub.add_parser("overhead")
     o.add_argument("--steps", type=int, default=20)
     o.add_argument("--shapes", type=lambda text: [int(n) for n in text.split("x")], nargs="+",
-                   default=[[1, 4, 8, 8], [4, 4, 32, 32], [8, 4, 64, 64]], help="e.g. 1x4x8x8 8x4x64x64")
+                   default=[[1, 4, 8, 8], [1, 4, 64, 64], [8, 4, 64, 64]], help="e.g. 1x4x8x8 8x4x64x64")
     o.add_argument("--repeats", type=int, default=11)
     o.add_argument("--threads", type=int, default=1)
     o.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
