@@ -6,8 +6,9 @@ in closed form given one number per timestep,
 
 which `estimate_gamma` measures once per model and schedule by Monte Carlo over the training data (cached in memory,
 and on disk with `GammaEstimate.save` / `load`). `optimal_variance` turns it into the reverse variances of a skipped
-timestep sequence (Theorem 1, with the Theorem 2 bounds), and `fd.sample_analytic_dpm` (solvers/analytic_dpm_sampler.py)
-samples with them.
+timestep sequence (Theorem 1, with the Theorem 2 bounds), `optimal_timesteps` chooses the skipped sequence itself (the
+optimal trajectory, Section 4: the least-cost path of the Theorem 3 decomposition), and `fd.sample_analytic_dpm`
+(solvers/analytic_dpm_sampler.py) samples with them.
 
 Timesteps are the model's own indices t = 0 .. T-1 (diffusers' convention, ᾱ_t = alphas_cumprod[t]); the paper's
 index is n = t + 1, its ᾱ_0 = 1 being the data. Γ here is the paper code's `ms_eps` (the mean square of ε_θ); the
@@ -168,39 +169,144 @@ def optimal_variance(alphas_cumprod: Tensor, timesteps: Tensor | Sequence[int], 
     t = check_timesteps("timesteps", timesteps, len(ac), order="decreasing")
     eta = check_eta(eta, ddim=True)
     data_range = check_data_range(data_range)
-    if isinstance(gamma, GammaEstimate):
-        if gamma.schedule is not None and gamma.schedule != schedule_digest(ac):
-            raise ValueError("gamma was estimated on another alphas_cumprod (another training schedule): estimate Γ "
-                             "with this model's alphas_cumprod")
-        g = gamma.at(t)
-    elif isinstance(gamma, Tensor):
-        if not gamma.is_floating_point():
-            raise TypeError(f"gamma must be a real floating-point tensor, got dtype {gamma.dtype}")
-        g = gamma.detach().to("cpu", torch.float64)
-        if g.shape != t.shape:
-            raise ValueError(f"gamma must be a GammaEstimate or one value per timestep, shape {tuple(t.shape)}, got "
-                             f"shape {tuple(g.shape)}")
-        bad = ~(torch.isfinite(g) & (g >= 0))  # a mean square: finite, never negative (as GammaEstimate)
-        if bad.any():
-            i = int(bad.nonzero()[0])
-            raise ValueError(f"gamma must be finite and >= 0 (a mean square), got gamma[{i}] = {g[i].item()} at "
-                             f"timestep {int(t[i])}")
-    else:
-        raise TypeError(f"gamma must be a GammaEstimate or a tensor of Γ at the timesteps, got {describe(gamma)}")
+    g = _gamma_at(gamma, t, ac)
     check_bool("clip", clip)
 
     a_r = ac[t]
     a_s = torch.cat([ac[t[1:]], a_r.new_ones(1)])
-    b_r, b_s = 1 - a_r, 1 - a_s
-    lambda2 = eta**2 * b_s / b_r * (1 - a_r / a_s)
-    coeff = (a_s.sqrt() - ((b_s - lambda2).clamp_min(0) * a_r / b_r).sqrt()) ** 2
-    cov = b_r / a_r * (1 - g)
+    cov = (1 - a_r) / a_r * (1 - g)
     if clip:
-        upper = b_r / a_r
+        upper = (1 - a_r) / a_r
         if data_range is not None:
             upper = upper.clamp_max(((data_range[1] - data_range[0]) / 2) ** 2)
         cov = torch.minimum(cov.clamp_min(0), upper)
-    return lambda2 + coeff * cov
+    return _reverse_variances(a_r, a_s, cov, eta)[1]
+
+
+def _reverse_variances(a_r: Tensor, a_s: Tensor, cov: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """(λ², σ²) of the reverse step r -> s < r (elementwise, ᾱ_r = a_r, ᾱ_s = a_s): DDIM's λ² = η² β̃ and Theorem 1's
+    σ² = λ² + (sqrt(ᾱ_s) - sqrt((β̄_s - λ²) ᾱ_r / β̄_r))² Cov_r, Cov_r the estimate of E tr Cov[x_0 | x_r] / d."""
+    b_r, b_s = 1 - a_r, 1 - a_s
+    lambda2 = eta**2 * b_s / b_r * (1 - a_r / a_s)
+    coeff = (a_s.sqrt() - ((b_s - lambda2).clamp_min(0) * a_r / b_r).sqrt()) ** 2
+    return lambda2, lambda2 + coeff * cov
+
+
+def _gamma_at(gamma: GammaEstimate | Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Γ at `timesteps` (float64) from a GammaEstimate made on `alphas_cumprod`, or from a tensor of one value each."""
+    if isinstance(gamma, GammaEstimate):
+        if gamma.schedule is not None and gamma.schedule != schedule_digest(alphas_cumprod):
+            raise ValueError("gamma was estimated on another alphas_cumprod (another training schedule): estimate Γ "
+                             "with this model's alphas_cumprod")
+        return gamma.at(timesteps)
+    if not isinstance(gamma, Tensor):
+        raise TypeError(f"gamma must be a GammaEstimate or a tensor of Γ at the timesteps, got {describe(gamma)}")
+    if not gamma.is_floating_point():
+        raise TypeError(f"gamma must be a real floating-point tensor, got dtype {gamma.dtype}")
+    g = gamma.detach().to("cpu", torch.float64)
+    if g.shape != timesteps.shape:
+        raise ValueError(f"gamma must be a GammaEstimate or one value per timestep, shape {tuple(timesteps.shape)}, "
+                         f"got shape {tuple(g.shape)}")
+    bad = ~(torch.isfinite(g) & (g >= 0))  # a mean square: finite, never negative (as GammaEstimate)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"gamma must be finite and >= 0 (a mean square), got gamma[{i}] = {g[i].item()} at "
+                         f"timestep {int(timesteps[i])}")
+    return g
+
+
+def optimal_timesteps(gamma: GammaEstimate | Tensor, alphas_cumprod: Tensor, steps: int, *,
+                      eta: float = 1.0) -> Tensor:
+    """Analytic-DPM's optimal trajectory (Section 4): the `steps` timesteps of a skipped run whose KL bound, with the
+    optimal variances, is least. Returned decreasing, t_1 = T - 1 > ... > t_K = 0 as int64, in the model's own
+    0-based timesteps: the convention of `fd.sample_analytic_dpm` and `fd.solvers.AnalyticDPM` (the paper's
+    1 = τ_1 < ... < τ_K = N with n = t + 1, its end points fixed as in the paper; one step: [T - 1]).
+
+    Theorem 3 (the decomposed optimal KL): L*_vb(τ) = d/2 Σ_{k=2}^{K} J(τ_{k-1}, τ_k) + c, c independent of τ, with
+
+        J(s, t) = log(σ*²_{s|t} / λ²_{s|t}),
+
+    the Theorem 1 variance of the step t -> s over DDIM's λ² = η² β̃. For DDPM (η = 1) this is the authors'
+    log(1 - β_{t|s} Γ_t / β̄_t) (`_get_fn_m`, β_{t|s} = 1 - ᾱ_t / ᾱ_s) plus terms that telescope along any path
+    from 1 to N, so the same trajectory. The least-cost path over the K - 1 pairs is the authors' dynamic programme
+    (`_solve_fn_dp`): K - 1 vectorised passes over the T x T costs, O(K T²). `gamma`: a GammaEstimate covering
+    every training timestep, or a tensor of Γ at t = 0 .. T - 1 (the paper code's `ms_eps`, as everywhere here), used
+    as estimated (no Theorem 2 clip, as in the authors' cost). `eta` in (0, 1]: the bound is infinite for DDIM's
+    deterministic steps (η = 0), and the authors' code chooses one trajectory, the DDPM one, for every sampler.
+
+    Γ is at most 1 for the exact ε (Cov >= 0); an estimate above 1 (Monte-Carlo noise where 1 - Γ is near its
+    standard error, at large t) makes the cost meaningless or undefined there. As the authors' `_dp_seg` does, with
+    t_1 the first timestep where Γ > 1, the top 2 (T - t_1) timesteps (a fraction r of all) get K - ceil((1 - 0.8 r) K)
+    of the steps (at least one) evenly spaced, and the least-cost path places the others below them, from 0 to the
+    highest timestep below. Where that leaves no room (t_1 <= T / 2) the estimate is too noisy for the bound and an
+    error says so.
+    """
+    ac = check_alphas_cumprod(alphas_cumprod).detach().to("cpu", torch.float64)
+    num_train_timesteps = len(ac)
+    g = _gamma_at(gamma, torch.arange(num_train_timesteps), ac)
+    steps = check_count("steps", steps)
+    if steps > num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}] (the number of training timesteps), got {steps}")
+    eta = check_eta(eta, ddim=True)
+    if eta == 0:
+        raise ValueError("eta must be in (0, 1]: the KL bound of Theorem 3 is infinite for DDIM's deterministic steps "
+                         "(λ = 0); the authors use the DDPM trajectory (eta=1) for Analytic-DDIM too")
+    if steps == num_train_timesteps:  # every timestep
+        return torch.arange(num_train_timesteps - 1, -1, -1)
+    if steps <= 2:  # the end points only
+        return torch.tensor([num_train_timesteps - 1, 0][:steps], dtype=torch.int64)
+    path_end, path_steps, top = _split_noisy_top(g, steps)
+    a_s, a_t = ac[:path_end, None], ac[None, :path_end]  # cost[s, t]: the reverse step t -> s
+    lambda2, variance = _reverse_variances(a_t, a_s, (1 - a_t) / a_t * (1 - g[None, :path_end]), eta)
+    cost = (variance / lambda2).log()
+    cost = cost.masked_fill(~torch.ones_like(cost, dtype=torch.bool).triu(1), math.inf)  # only s < t
+    path = _least_cost_path(cost, path_steps)
+    return torch.cat([path, torch.tensor(top, dtype=torch.int64)]).flip(0)
+
+
+def _split_noisy_top(gamma: Tensor, steps: int) -> tuple[int, int, list[int]]:
+    """The authors' split (`_split`, `_dp_seg`) of a trajectory where Γ exceeds 1: (the number of timesteps the
+    least-cost path covers, the steps it places, the even timesteps above it, increasing); everything to the path when
+    Γ <= 1 throughout."""
+    num_train_timesteps = len(gamma)
+    over = (gamma > 1).nonzero()
+    if len(over) == 0:
+        return num_train_timesteps, steps, []
+    first_over = int(over[0])
+    noisy = 2 * (num_train_timesteps - first_over)
+    path_end = num_train_timesteps - noisy
+    if path_end < 2:
+        raise ValueError(
+            f"gamma exceeds 1 from timestep {first_over} on ({len(over)} timesteps; Γ <= 1 for the exact ε): the "
+            f"optimal trajectory's cost is undefined there, and the authors' split (even steps over the top "
+            f"{noisy} timesteps, twice those from the first Γ > 1, the least-cost path below them) needs the first "
+            f"Γ > 1 at t >= {num_train_timesteps // 2 + 1}. Estimate Γ with more samples_per_step")
+    path_steps = min(math.ceil((1 - 0.8 * noisy / num_train_timesteps) * steps), path_end)
+    top_steps = min(max(steps - path_steps, 1), noisy)
+    path_steps = max(steps - top_steps, 2)  # the path's own end points
+    top_steps = steps - path_steps
+    stride = noisy / top_steps
+    # rounded as the authors' code (half to even) on the paper's index n = t + 1
+    top = [round(num_train_timesteps - stride * k) - 1 for k in reversed(range(top_steps))]
+    return path_end, path_steps, top
+
+
+def _least_cost_path(cost: Tensor, nodes: int) -> Tensor:
+    """The increasing path 0 = p_1 < ... < p_nodes = M - 1 with the least Σ cost[p_{k-1}, p_k] (cost [M, M], inf where
+    no step goes), by dynamic programming: least[t] is the least cost of a path from 0 to t with k nodes, each pass
+    adds a node, K - 1 passes of O(M²)."""
+    size = cost.shape[0]
+    least = torch.full((size,), math.inf, dtype=cost.dtype)
+    least[0] = 0
+    cost_to = cost.t().contiguous()  # cost_to[t, s] = cost[s, t]: each row one target, reduced along its memory
+    previous = []
+    for _ in range(nodes - 1):
+        least, argmin = (least[None, :] + cost_to).min(1)
+        previous.append(argmin)
+    path = [size - 1]
+    for argmin in reversed(previous):
+        path.append(int(argmin[path[-1]]))
+    return torch.tensor(path[::-1], dtype=torch.int64)
 
 
 # estimate_gamma's in-memory cache: key -> (is the key's model and data still the same objects, estimate)

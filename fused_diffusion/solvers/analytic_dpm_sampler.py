@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..analytic_dpm import GammaEstimate, check_data_range, check_timesteps, optimal_variance
+from ..analytic_dpm import GammaEstimate, check_data_range, check_timesteps, optimal_timesteps, optimal_variance
 from ..schedules import check_alphas_cumprod
 from ..checks import check_count, check_eta, check_real, describe
 from .base import Solver
@@ -164,11 +164,20 @@ def sample_analytic_dpm(eps_model: Callable[..., Any], x: Tensor, alphas_cumprod
                         callback: Callback | None = None, disable: bool | None = None) -> Tensor:
     """Analytic-DPM (Bao et al., ICLR 2022): `steps` ancestral steps with the optimal reverse variance of Theorem 1
     (clipped by Theorem 2), from Γ estimated by fd.analytic_dpm.estimate_gamma; η = 1 is the paper's Analytic-DDPM,
-    η = 0 Analytic-DDIM. eps_model(x, t[B]) with integer timesteps, x the unit-variance initial noise; the timesteps
-    are the paper's even trajectory by default (see analytic_dpm_timesteps) and `gamma` must cover them. For data
-    outside [-1, 1] set data_range (None: unbounded, e.g. latents, with clip_last_noise=None). The callback dict has
-    'x', 'i', 'timestep' and 'denoised' (the x0 estimate, clamped)."""
+    η = 0 Analytic-DDIM. eps_model(x, t[B]) with integer timesteps, x the unit-variance initial noise. The timesteps
+    are the paper's even trajectory by default (see analytic_dpm_timesteps); timestep_spacing="optimal" is its optimal
+    trajectory (fd.analytic_dpm.optimal_timesteps, from `gamma`, which must then cover every training timestep; the
+    DDPM bound's trajectory for every η, as the authors' code); any other timesteps: fd.solvers.AnalyticDPM with
+    fd.solvers.sample. `gamma` must cover the timesteps. For data outside [-1, 1] set data_range (None: unbounded,
+    e.g. latents, with clip_last_noise=None). The callback dict has 'x', 'i', 'timestep' and 'denoised' (the x0
+    estimate, clamped)."""
     solver = AnalyticDPM(alphas_cumprod, gamma, eta, "analytic", data_range, clip_last_noise)
-    timesteps = analytic_dpm_timesteps(len(solver.alphas_cumprod), steps, timestep_spacing)
+    if timestep_spacing == "optimal":
+        timesteps = optimal_timesteps(gamma, solver.alphas_cumprod, steps)
+    elif timestep_spacing in TIMESTEP_SPACINGS:
+        timesteps = analytic_dpm_timesteps(len(solver.alphas_cumprod), steps, timestep_spacing)
+    else:
+        raise ValueError(f"timestep_spacing must be one of {', '.join(map(repr, (*TIMESTEP_SPACINGS, 'optimal')))}, "
+                         f"got {timestep_spacing!r}")
     return sample(solver, eps_model, x, timesteps, extra_args, callback, disable, generator=generator,
                   k_diffusion_rng=False)
