@@ -1,0 +1,150 @@
+"""Few-step sampling on the digits model: every way the library reaches 1 to 8 model calls, from the same noise.
+
+    python bench/bench_few_step.py --threads 2    # -> results/few_step_digits_cpu.csv/.png, _samples.png
+    python bench/readme_tables.py few_step
+
+Rows: the few-step models trained here (the shortcut model; the consistency model distilled from the digits model,
+fd.zoo.digits_consistency; the phased consistency model, fd.zoo.digits_pcm) and what runs the digits model itself
+at few calls (the shipped learned AMED predictor at its calls; DPM++(2M) and DDIM on their own schedules;
+Analytic-DDPM / Analytic-DDIM on even and on optimal timesteps), against the teacher's 50-call FD (DPM++(2M), the
+reference the consistency targets are stated against). Each row carries what it cost to get: training minutes and,
+for distilled students, the teacher's model calls (from the shipped file's metadata; the solvers cost nothing).
+Quality is fd.metrics.frechet_distance (digits classifier features against the 297 held-out digits).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import fused_diffusion as fd
+from common import RESULTS, plot_fd_against_steps, save_grid, write_csv
+from fused_diffusion import files, metrics, solvers
+from fused_diffusion.analytic_dpm import estimate_gamma
+from fused_diffusion.zoo.data import load_digits_split
+from fused_diffusion.zoo.digits_amed import digits_amed_path
+from fused_diffusion.zoo.train import WEIGHTS
+
+TEACHER_CALLS = 50
+
+
+def training_cost(path: Path) -> dict:
+    """Training minutes and teacher calls recorded in a shipped file's metadata (blank where it has none)."""
+    info = files.read_any(path)[1].get("info", {})
+    minutes = info.get("train_minutes", round(info["seconds"] / 60, 2) if "seconds" in info else "")
+    return {"train_minutes": minutes, "teacher_calls": info.get("teacher_calls", "")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--gamma-samples", type=int, default=100, help="Monte-Carlo draws of Γ per timestep")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    denoiser, alphas_cumprod, shape = fd.zoo.digits()
+    eps_model = denoiser.inner_model
+    noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
+    split = load_digits_split()
+    rows = [{"method": "data (train split)", "steps": 0, "calls": 0, "samples": args.samples,
+             "fd": round(metrics.frechet_distance(split.train_images[: args.samples]), 4), "seconds": 0.0,
+             "train_minutes": "", "teacher_calls": ""}]
+    pictures: dict[tuple[str, int], torch.Tensor] = {}
+
+    def measure(method: str, calls: int, steps: int, run: Callable[[], torch.Tensor], cost: dict | None = None):
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                images = run()
+        except ValueError as e:  # a method refusing this budget (Analytic-DPM's optimal trajectory) says why
+            print(f"{method} at {calls} calls: refused: {e}", flush=True)
+            return
+        seconds = time.perf_counter() - start
+        rows.append({"method": method, "steps": steps, "calls": calls, "samples": args.samples,
+                     "fd": round(metrics.frechet_distance(images), 4), "seconds": round(seconds, 2),
+                     **(cost or {"train_minutes": 0, "teacher_calls": 0})})
+        pictures[method, calls] = images[:36]
+        print(rows[-1], flush=True)
+
+    def karras(steps: int) -> torch.Tensor:
+        return fd.get_sigmas_karras(steps, float(denoiser.sigma_min), float(denoiser.sigma_max))
+
+    dpmpp = solvers.get_solver("dpmpp_2m")
+    teacher_steps = dpmpp.steps_for(TEACHER_CALLS)
+    measure("teacher: DPM++(2M), 50 calls", TEACHER_CALLS, teacher_steps,
+            lambda: fd.sample_dpmpp_2m(denoiser, noise * karras(teacher_steps)[0], karras(teacher_steps),
+                                       disable=True))
+    for calls in args.calls:
+        steps = dpmpp.steps_for(calls)
+        measure("DPM++(2M)", calls, steps,
+                lambda: fd.sample_dpmpp_2m(denoiser, noise * karras(steps)[0], karras(steps), disable=True))
+        measure("DDIM", calls, calls, lambda: fd.sample_ddim(eps_model, noise, alphas_cumprod, calls,
+                                                             clip_sample=False, disable=True))
+
+    start = time.perf_counter()
+    gamma = estimate_gamma(eps_model, alphas_cumprod, split.train_images, samples_per_step=args.gamma_samples,
+                           generator=torch.Generator().manual_seed(args.seed))
+    gamma_cost = {"train_minutes": round((time.perf_counter() - start) / 60, 2),
+                  "teacher_calls": len(gamma.timesteps) * gamma.samples}  # the Γ estimate's model calls
+    for calls in args.calls:
+        for eta, name in ((1.0, "Analytic-DDPM"), (0.0, "Analytic-DDIM")):
+            for spacing, trajectory in (("linear", "even"), ("optimal", "optimal")):
+                measure(f"{name}, {trajectory} timesteps", calls, calls,
+                        lambda: fd.sample_analytic_dpm(eps_model, noise, alphas_cumprod, calls, gamma, eta=eta,
+                                                       timestep_spacing=spacing, disable=True,
+                                                       generator=torch.Generator().manual_seed(args.seed)),
+                        gamma_cost)
+
+    shortcut, _ = fd.zoo.digits_shortcut()
+    cm = fd.zoo.digits_consistency()
+    pcm = fd.zoo.digits_pcm()
+    costs = {"shortcut": training_cost(WEIGHTS["shortcut"]), "consistency": training_cost(WEIGHTS["consistency"]),
+             "pcm": training_cost(WEIGHTS["pcm"])}
+    for calls in args.calls:
+        measure("shortcut", calls, calls, lambda: fd.sample_shortcut(shortcut, noise, calls, disable=True),
+                costs["shortcut"])
+        measure("consistency (CD)", calls, calls,
+                lambda: fd.sample_consistency(cm.model, noise * cm.sigma_max, cm.sigmas(calls),
+                                              sigma_min=cm.model.sigma_min, disable=True), costs["consistency"])
+        if calls % pcm.phases == 0 or pcm.phases % calls == 0:
+            measure(f"PCM ({pcm.phases} phases)", calls, calls,
+                    lambda: fd.sample_pcm(pcm.unet, noise, alphas_cumprod, pcm.phases, calls, disable=True),
+                    costs["pcm"])
+
+    predictor = fd.zoo.digits_amed(denoiser)
+    amed_calls = predictor.calls
+    measure("AMED (learned)", amed_calls, amed_calls,
+            lambda: predictor.sample(denoiser, noise * predictor.sigmas[0]), training_cost(digits_amed_path()))
+
+    write_csv("few_step_digits", rows)
+    plot(rows, RESULTS / "few_step_digits_cpu.png")
+    save_grid(pictures, sorted({c for _, c in pictures}), RESULTS / "few_step_digits_cpu_samples.png", "calls")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    teacher = [r for r in rows if r["method"].startswith("teacher")]
+    curves = [{**r, "steps": r["calls"]} for r in rows if not r["method"].startswith("teacher")]
+    plot_fd_against_steps(ax, curves, "method", "Few-step sampling on the digits model (same noise)")
+    for r in teacher:
+        ax.axhline(r["fd"], color="black", linestyle="--", linewidth=1, label=r["method"])
+    ax.set_xlabel("model calls")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
