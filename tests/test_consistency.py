@@ -185,3 +185,19 @@ def test_the_shipped_model_samples_at_1_2_4_steps(shipped):
         assert images.shape == (16, *shape) and torch.isfinite(images).all()
     info = fd.files.read_any(fd.zoo.train.WEIGHTS["consistency"])[1]["info"]
     assert info["train_minutes"] <= 60 and info["teacher_calls"] > 0
+
+
+def test_sampling_sigmas_and_their_bad_arguments(shipped):
+    sigmas = shipped.sigmas(4, renoise_sigma=2.0)
+    assert sigmas[1] == pytest.approx(2.0) and (sigmas[1:-1] > shipped.model.sigma_min).all()
+    assert (sigmas[:-1] > sigmas[1:]).all()
+    with pytest.raises(ValueError, match=r"renoise_sigma must be < sigma_max = 157.4.*got 200.0"):
+        shipped.sigmas(2, renoise_sigma=200.0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        shipped.sigmas(0)
+
+
+def test_a_file_of_the_other_student_is_refused_with_its_loader_named():
+    with pytest.raises(ValueError, match=r"phased-consistency-distilled digits U-Net file, not a consistency-distilled "
+                                         r"digits U-Net file: load it with fd.zoo.digits_pcm\(path=path\)"):
+        fd.zoo.digits_consistency(path=fd.zoo.train.WEIGHTS["pcm"])
