@@ -138,18 +138,22 @@ def shortcut_table() -> str:
 
 
 def analytic_dpm_table() -> str:
-    """FD against steps for Analytic-DPM and the same loop with DDPM's / DDIM's variances, from bench_analytic_dpm.py."""
+    """FD against steps for Analytic-DPM and the same loop with DDPM's / DDIM's variances, on the paper's even and
+    optimal trajectories, from bench_analytic_dpm.py."""
     rows = read_csv(RESULTS / "analytic_dpm_digits_cpu.csv")
     floor = rows[0]
     labels = {"analytic_ddpm": "Analytic-DDPM (η = 1, optimal variance)",
               "analytic_ddpm_no_clip": "Analytic-DDPM, last noise not clipped",
               "analytic_ddim": "Analytic-DDIM (η = 0, optimal variance)", "ddpm_beta_tilde": "DDPM, β̃ (posterior)",
-              "ddpm_beta": "DDPM, β", "ddim": "DDIM (no noise)", "fd.sample_ddim": "`fd.sample_ddim` (diffusers' loop)"}
+              "ddpm_beta": "DDPM, β", "ddim": "DDIM (no noise)", "fd.sample_ddim": "`fd.sample_ddim` (diffusers' loop)",
+              "analytic_ddpm_optimal": "Analytic-DDPM, optimal trajectory",
+              "analytic_ddim_optimal": "Analytic-DDIM, optimal trajectory (the DDPM one)"}
     return (f"FD of {floor['samples']} samples against steps (= model calls), the same seeded noise for every row, "
-            f"the paper's even timesteps (train-split floor {significant(float(floor['fd']))}; the best of each "
-            f"column in bold; Γ from {floor['gamma_draws']} draws per timestep in {floor['gamma_seconds']} s, largest "
-            f"standard error {floor['gamma_max_stderr']}). " + provenance(floor) + "\n\n"
-            + pivot(rows[1:], "sampler", "steps", "fd", labels, corner="variance \\ steps"))
+            f"the paper's even timesteps unless the row says optimal trajectory (train-split floor "
+            f"{significant(float(floor['fd']))}; the best of each column in bold; Γ from {floor['gamma_draws']} draws "
+            f"per timestep in {floor['gamma_seconds']} s, largest standard error {floor['gamma_max_stderr']}, above 1 "
+            f"at {floor['gamma_over_1']} timesteps from t = {floor['gamma_first_over_1']}). " + provenance(floor)
+            + "\n\n" + pivot(rows[1:], "sampler", "steps", "fd", labels, corner="variance \\ steps"))
 
 
 def sdo_table() -> str:
