@@ -125,6 +125,43 @@ def samplers_overhead_table() -> str:
             + "\n".join(lines))
 
 
+def ops_host_table() -> str:
+    """Host time per call of each fused op's forms against one torch op, from bench_ops.py --host."""
+    rows = read_csv(RESULTS / "ops_host_cpu.csv")
+    first = rows[0]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    cells = {(r["op"], r["impl"]): r for r in rows}
+    lines = ["| op | " + " | ".join(impls) + " |", "|---|" + "---|" * len(impls)]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        lines.append(f"| {op} | " + " | ".join(
+            f"{cells[op, impl]['us_per_call']} ({float(cells[op, impl]['vs_torch_op']):.1f}×)" if (op, impl) in cells
+            else "–" for impl in impls) + " |")
+    return (f"Host µs per call on {first['device']} tensors of 2×8×2×8 (the arithmetic is nothing), in brackets against "
+            f"one torch op (torch.add) timed alongside; backend `{first['backend']}`, the least of interleaved runs "
+            f"(bench/results/ops_host_cpu.png). " + provenance(first) + "\n\n" + "\n".join(lines))
+
+
+def few_step_table() -> str:
+    """FD of every few-step method on the digits model against model calls, with what each cost to get, from
+    bench_few_step.py."""
+    rows = read_csv(RESULTS / "few_step_digits_cpu.csv")
+    floor = rows[0]
+    teacher = next(r for r in rows if r["method"].startswith("teacher"))
+    methods = [r for r in rows[1:] if r is not teacher]
+    costs = {}
+    for r in methods:
+        minutes, calls = r["train_minutes"], r["teacher_calls"]
+        costs[r["method"]] = ("none" if minutes in ("0", "0.0") else
+                              f"{minutes} min" + (f", {int(float(calls)) // 1000}k teacher calls" if calls else ""))
+    labels = {name: f"{name} ({cost})" for name, cost in costs.items()}
+    return (f"FD of {floor['samples']} samples against model calls, the same seeded noise for every row (train-split "
+            f"floor {significant(float(floor['fd']))}; {teacher['method']}: FD {significant(float(teacher['fd']))}; "
+            f"the best of each column in bold; · = the method does not run at that budget). In brackets what the "
+            f"method cost to get: training minutes on one CPU thread and the teacher's model calls (the Γ estimate's "
+            f"for Analytic-DPM). " + provenance(floor) + "\n\n"
+            + pivot(methods, "method", "calls", "fd", labels, corner="method (cost) \\ calls"))
+
+
 def shortcut_table() -> str:
     """FD against steps for the shortcut digits model and its flow-matching twin, from bench_shortcut.py."""
     rows = read_csv(RESULTS / "shortcut_digits_cpu.csv")
@@ -274,7 +311,8 @@ TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": sa
                                         "samplers_overhead": samplers_overhead_table, "shortcut": shortcut_table,
                                         "analytic_dpm": analytic_dpm_table, "sdo": sdo_table,
                                         "integrations": integrations_table, "pipelines": pipelines_table,
-                                        "solvers": solvers_table}
+                                        "solvers": solvers_table, "ops_host": ops_host_table,
+                                        "few_step": few_step_table}
 
 
 def main() -> None:
