@@ -23,7 +23,7 @@ import torch
 import fused_diffusion as fd
 from common import RESULTS, plot_fd_against_steps, save_grid, write_csv
 from fused_diffusion import files, metrics, solvers
-from fused_diffusion.analytic_dpm import estimate_gamma
+from fused_diffusion.analytic_dpm import GammaEstimate, estimate_gamma
 from fused_diffusion.zoo.data import load_digits_split
 from fused_diffusion.zoo.digits_amed import digits_amed_path
 from fused_diffusion.zoo.train import WEIGHTS
@@ -42,7 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--gamma-samples", type=int, default=100, help="Monte-Carlo draws of Γ per timestep")
+    parser.add_argument("--gamma-samples", type=int, default=1000,
+                        help="Monte-Carlo draws of Γ per timestep (at 100 the optimal trajectory is refused here)")
+    parser.add_argument("--gamma-file", type=Path, help="load Γ from this file if it exists, else save it there")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -88,9 +90,15 @@ def main() -> None:
                                                              clip_sample=False, disable=True))
 
     start = time.perf_counter()
-    gamma = estimate_gamma(eps_model, alphas_cumprod, split.train_images, samples_per_step=args.gamma_samples,
-                           generator=torch.Generator().manual_seed(args.seed))
-    gamma_cost = {"train_minutes": round((time.perf_counter() - start) / 60, 2),
+    if args.gamma_file is not None and args.gamma_file.is_file():
+        gamma, gamma_minutes = GammaEstimate.load(args.gamma_file), ""  # estimated by an earlier run: time unknown
+    else:
+        gamma = estimate_gamma(eps_model, alphas_cumprod, split.train_images, samples_per_step=args.gamma_samples,
+                               generator=torch.Generator().manual_seed(args.seed))
+        gamma_minutes = round((time.perf_counter() - start) / 60, 2)
+        if args.gamma_file is not None:
+            gamma.save(args.gamma_file)
+    gamma_cost = {"train_minutes": gamma_minutes,
                   "teacher_calls": len(gamma.timesteps) * gamma.samples}  # the Γ estimate's model calls
     for calls in args.calls:
         for eta, name in ((1.0, "Analytic-DDPM"), (0.0, "Analytic-DDIM")):

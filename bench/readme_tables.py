@@ -107,6 +107,10 @@ def samplers_overhead_table() -> str:
     lines = ["| sampler | " + " | ".join(f"x {shape}: k-diffusion / diffusers / fd, us" for shape in shapes) + " |",
              "|---|" + "---|" * len(shapes)]
     cells = {(r["sampler"], r["shape"]): r for r in rows}
+    other_commands: dict[str, list[str]] = {}  # rows measured by another run than the first row's
+    for r in rows:
+        if r["command"] != first["command"] and r["label"] not in other_commands.setdefault(r["command"], []):
+            other_commands[r["command"]].append(r["label"])
 
     def cell(r: dict) -> str:
         diffusers = r["diffusers_us_per_step"]
@@ -121,7 +125,9 @@ def samplers_overhead_table() -> str:
             f"`sample_*` on its `{first['backend']}` backend, k-diffusion's update rules as it writes them "
             f"(fused_diffusion/testing/reference_samplers.py) and diffusers' own loop where a diffusers scheduler runs "
             f"the same solver; runs of {first['steps']} and {first['short_steps']} steps differenced, the best of interleaved runs, speed against "
-            f"k-diffusion in brackets (bench/results/samplers_overhead_cpu.png). " + provenance(first) + "\n\n"
+            f"k-diffusion in brackets (bench/results/samplers_overhead_cpu.png). " + provenance(first)
+            + "".join(f" The {', '.join(labels)} rows: `{command}`." for command, labels in other_commands.items())
+            + "\n\n"
             + "\n".join(lines))
 
 
@@ -151,8 +157,8 @@ def few_step_table() -> str:
     costs = {}
     for r in methods:
         minutes, calls = r["train_minutes"], r["teacher_calls"]
-        costs[r["method"]] = ("none" if minutes in ("0", "0.0") else
-                              f"{minutes} min" + (f", {int(float(calls)) // 1000}k teacher calls" if calls else ""))
+        parts = ([f"{minutes} min"] if minutes else []) + ([f"{int(float(calls)) // 1000}k teacher calls"] if calls else [])
+        costs[r["method"]] = "none" if minutes in ("0", "0.0") else ", ".join(parts)
     labels = {name: f"{name} ({cost})" for name, cost in costs.items()}
     return (f"FD of {floor['samples']} samples against model calls, the same seeded noise for every row (train-split "
             f"floor {significant(float(floor['fd']))}; {teacher['method']}: FD {significant(float(teacher['fd']))}; "
