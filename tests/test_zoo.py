@@ -158,4 +158,4 @@ def test_shortcut_training_writes_a_loadable_model(tmp_path):
     with pytest.raises(ValueError, match="objective must be 'shortcut' or 'flow', got 'ddpm'"):
         fd.zoo.digits_shortcut(objective="ddpm")
     with pytest.raises(ValueError, match="objective must be one of"):
-        train_digits(TrainConfig(objective="consistency", workdir=tmp_path), progress=False)
+        train_digits(TrainConfig(objective="lcm", workdir=tmp_path), progress=False)
