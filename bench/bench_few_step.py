@@ -1,13 +1,15 @@
 """Few-step sampling on the digits model: every way the library reaches 1 to 8 model calls, from the same noise.
 
     python bench/bench_few_step.py --threads 2    # -> results/few_step_digits_cpu.csv/.png, _samples.png
+    python bench/bench_few_step.py --gamma-file gamma.safetensors   # Γ (1000 draws, ~10 min) kept for the next run
     python bench/readme_tables.py few_step
 
 Rows: the few-step models trained here (the shortcut model; the consistency model distilled from the digits model,
 fd.zoo.digits_consistency; the phased consistency model, fd.zoo.digits_pcm) and what runs the digits model itself
 at few calls (the shipped learned AMED predictor at its calls; DPM++(2M) and DDIM on their own schedules;
-Analytic-DDPM / Analytic-DDIM on even and on optimal timesteps), against the teacher's 50-call FD (DPM++(2M), the
-reference the consistency targets are stated against). Each row carries what it cost to get: training minutes and,
+Analytic-DDPM / Analytic-DDIM on even and on optimal timesteps; the teacher on the PCM student's timesteps, where
+that student started), against the teacher's 50-call FD (DPM++(2M), the reference the consistency targets are
+stated against). Each row carries what it cost to get: training minutes and,
 for distilled students, the teacher's model calls (from the shipped file's metadata; the solvers cost nothing).
 Quality is fd.metrics.frechet_distance (digits classifier features against the 297 held-out digits).
 """
@@ -106,7 +108,7 @@ def main() -> None:
                 measure(f"{name}, {trajectory} timesteps", calls, calls,
                         lambda: fd.sample_analytic_dpm(eps_model, noise, alphas_cumprod, calls, gamma, eta=eta,
                                                        timestep_spacing=spacing, disable=True,
-                                                       generator=torch.Generator().manual_seed(args.seed)),
+                                                       generator=torch.Generator().manual_seed(args.seed + 1)),  # not the initial noise's
                         gamma_cost)
 
     shortcut, _ = fd.zoo.digits_shortcut()
@@ -119,11 +121,16 @@ def main() -> None:
                 costs["shortcut"])
         measure("consistency (CD)", calls, calls,
                 lambda: fd.sample_consistency(cm.model, noise * cm.sigma_max, cm.sigmas(calls),
-                                              sigma_min=cm.model.sigma_min, disable=True), costs["consistency"])
+                                              sigma_min=cm.model.sigma_min, disable=True,
+                                              generator=torch.Generator().manual_seed(args.seed + 1)),  # not the initial noise's
+                costs["consistency"])
         if calls % pcm.phases == 0 or pcm.phases % calls == 0:
             measure(f"PCM ({pcm.phases} phases)", calls, calls,
                     lambda: fd.sample_pcm(pcm.unet, noise, alphas_cumprod, pcm.phases, calls, disable=True),
                     costs["pcm"])
+        if calls >= pcm.phases and calls % pcm.phases == 0:  # where the PCM student started: its teacher's steps
+            measure("teacher on the PCM timesteps", calls, calls,
+                    lambda: fd.sample_pcm(eps_model, noise, alphas_cumprod, pcm.phases, calls, disable=True))
 
     predictor = fd.zoo.digits_amed(denoiser)
     amed_calls = predictor.calls
@@ -142,8 +149,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    teacher = [r for r in rows if r["method"].startswith("teacher")]
-    curves = [{**r, "steps": r["calls"]} for r in rows if not r["method"].startswith("teacher")]
+    teacher = [r for r in rows if r["method"].startswith("teacher:")]  # the 50-call reference, a line
+    curves = [{**r, "steps": r["calls"]} for r in rows if r not in teacher]
     plot_fd_against_steps(ax, curves, "method", "Few-step sampling on the digits model (same noise)")
     for r in teacher:
         ax.axhline(r["fd"], color="black", linestyle="--", linewidth=1, label=r["method"])

@@ -152,7 +152,7 @@ def few_step_table() -> str:
     bench_few_step.py."""
     rows = read_csv(RESULTS / "few_step_digits_cpu.csv")
     floor = rows[0]
-    teacher = next(r for r in rows if r["method"].startswith("teacher"))
+    teacher = next(r for r in rows if r["method"].startswith("teacher:"))
     methods = [r for r in rows[1:] if r is not teacher]
     costs = {}
     for r in methods:
