@@ -18,7 +18,12 @@ at::Tensor dense(const at::Tensor& t, at::MemoryFormat format = at::MemoryFormat
 // Coefficients and per-sample scalars as the kernels read them: float32 and contiguous (the common case without a
 // dispatcher call: a host cost every op call pays).
 at::Tensor param(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : dense(t.to(at::kFloat));
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;
+  // real values only, as ops/_common.py as_scalar takes them: a complex one would lose its imaginary part
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()) || t.scalar_type() == at::kInt || t.scalar_type() == at::kLong,
+              "fused_diffusion: scalars and coefficients must be real (floating-point or int32 / int64), got ",
+              t.scalar_type());
+  return dense(t.to(at::kFloat));
 }
 
 std::optional<at::Tensor> param(const std::optional<at::Tensor>& t) {
@@ -64,6 +69,8 @@ std::vector<at::Tensor> dense_all(at::TensorList inputs) {
 
 at::Tensor lincomb_new(at::TensorList inputs, const at::Tensor& coeffs) {
   TORCH_CHECK(!inputs.empty(), "lincomb: needs 1 to ", kMaxInputs, " inputs, got none");
+  TORCH_CHECK(at::isFloatingType(coeffs.scalar_type()), "lincomb: coeffs must be floating-point, got ",
+              coeffs.scalar_type());
   std::vector<at::Tensor> ins = dense_all(inputs);
   at::Tensor out = at::empty(ins[0].sizes(), ins[0].options());  // contiguous; one dispatcher call, not empty_like's two
   lincomb(ins, param(coeffs), out);

@@ -226,4 +226,8 @@ def test_common_call_takes_the_allocating_entry(monkeypatch):
         ops.blend(x.requires_grad_(), x, one)  # a gradient to record
         with pytest.raises(ValueError, match=r"w must have 1 element or one per batch element \(2\)"):
             ops.blend(x, x, torch.ones(1, 2))  # refused by the extension, named by the full path's checks
-    assert entries["blend"] == 3
+        with pytest.raises(TypeError, match="w must be a real tensor, got dtype torch.complex64"):
+            ops.blend(x.detach(), x.detach(), torch.tensor([0.5 + 1j]))  # not converted: it would lose its imaginary part
+        with pytest.raises(ValueError, match="coeffs must be a floating-point tensor"):
+            ops.lincomb([x.detach(), x.detach()], torch.tensor([1, 2]))
+    assert entries["blend"] == 4 and entries["lincomb"] == 2  # the extension refused the last of each
