@@ -76,6 +76,10 @@ def main() -> None:
         pictures[method, calls] = images[:36]
         print(rows[-1], flush=True)
 
+    def renoise_generator() -> torch.Generator:
+        """The stochastic samplers' draws: seeded, and not the initial noise's stream (args.seed's first draw)."""
+        return torch.Generator().manual_seed(args.seed + 1)
+
     def karras(steps: int) -> torch.Tensor:
         return fd.get_sigmas_karras(steps, float(denoiser.sigma_min), float(denoiser.sigma_max))
 
@@ -108,7 +112,7 @@ def main() -> None:
                 measure(f"{name}, {trajectory} timesteps", calls, calls,
                         lambda: fd.sample_analytic_dpm(eps_model, noise, alphas_cumprod, calls, gamma, eta=eta,
                                                        timestep_spacing=spacing, disable=True,
-                                                       generator=torch.Generator().manual_seed(args.seed + 1)),  # not the initial noise's
+                                                       generator=renoise_generator()),
                         gamma_cost)
 
     shortcut, _ = fd.zoo.digits_shortcut()
@@ -122,7 +126,7 @@ def main() -> None:
         measure("consistency (CD)", calls, calls,
                 lambda: fd.sample_consistency(cm.model, noise * cm.sigma_max, cm.sigmas(calls),
                                               sigma_min=cm.model.sigma_min, disable=True,
-                                              generator=torch.Generator().manual_seed(args.seed + 1)),  # not the initial noise's
+                                              generator=renoise_generator()),
                 costs["consistency"])
         if calls % pcm.phases == 0 or pcm.phases % calls == 0:
             measure(f"PCM ({pcm.phases} phases)", calls, calls,

@@ -391,11 +391,10 @@ def test_timesteps_are_the_papers_even_trajectory():
     assert analytic_dpm_timesteps(1000, 4, "trailing").tolist() == [999, 749, 499, 249]
 
 
-def test_analytic_variance_beats_ddpm_variance_on_mixture():
-    """Few steps on a Gaussian mixture with its exact model: the optimal variance brings the samples closer to the
-    data than DDPM's β̃ in the same loop. Frechet distance of 5000 samples in data space against 5000 exact ones,
-    measured (float64, seeds as below): 10 steps 0.026 vs 0.24, 25 steps 0.0089 vs 0.039 (DDPM's β: 0.066 / 0.011;
-    5000 exact samples against the reference: 0.0035)."""
+@pytest.fixture(scope="module")
+def mixture_run():
+    """The exact model of a Gaussian mixture, its Γ (100 draws), 5000 exact samples and 5000 noises (float64), shared
+    by the sampling tests below: (model, gamma, reference, noise)."""
     gmm = fd.GaussianMixture.random(8, 2, seed=2, spread=2.0)
     model = ExactEps(gmm, AC)
     data = gmm.sample(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -403,6 +402,15 @@ def test_analytic_variance_beats_ddpm_variance_on_mixture():
                            generator=torch.Generator().manual_seed(1), cache=False, disable=True)
     reference = gmm.sample(5000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     noise = torch.randn(5000, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    return model, gamma, reference, noise
+
+
+def test_analytic_variance_beats_ddpm_variance_on_mixture(mixture_run):
+    """Few steps on a Gaussian mixture with its exact model: the optimal variance brings the samples closer to the
+    data than DDPM's β̃ in the same loop. Frechet distance of 5000 samples in data space against 5000 exact ones,
+    measured (float64, seeds as below): 10 steps 0.026 vs 0.24, 25 steps 0.0089 vs 0.039 (DDPM's β: 0.066 / 0.011;
+    5000 exact samples against the reference: 0.0035)."""
+    model, gamma, reference, noise = mixture_run
     distance = fd.metrics.frechet_distance_of_features
     for steps in (10, 25):
         analytic = sample_analytic_dpm(model, noise, AC, steps, gamma, data_range=None, clip_last_noise=None,
@@ -414,18 +422,12 @@ def test_analytic_variance_beats_ddpm_variance_on_mixture():
         assert ours < 0.5 * theirs, (steps, ours, theirs)
 
 
-def test_sampling_on_the_optimal_trajectory():
+def test_sampling_on_the_optimal_trajectory(mixture_run):
     """timestep_spacing="optimal" samples the Gaussian mixture on optimal_timesteps (the AnalyticDPM solver on them,
     the callback sees them) and is far closer to the data than DDPM's β̃ on even timesteps. Measured (float64, seeds as
     below, Γ from 100 draws, above 1 from t = 536: the top 928 timesteps even): Frechet distance 0.056 at 10 steps
     (0.026 on even timesteps, DDPM's β̃ 0.24)."""
-    gmm = fd.GaussianMixture.random(8, 2, seed=2, spread=2.0)
-    model = ExactEps(gmm, AC)
-    data = gmm.sample(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    gamma = estimate_gamma(model, AC, data, samples_per_step=100, batch_size=5000, data_range=None,
-                           generator=torch.Generator().manual_seed(1), cache=False, disable=True)
-    reference = gmm.sample(5000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    noise = torch.randn(5000, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    model, gamma, reference, noise = mixture_run
     timesteps = optimal_timesteps(gamma, AC, 10)
     seen = []
     optimal = sample_analytic_dpm(model, noise, AC, 10, gamma, timestep_spacing="optimal", data_range=None,

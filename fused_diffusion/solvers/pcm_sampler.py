@@ -55,7 +55,7 @@ def pcm_timesteps(phases: int, steps: int, num_train_timesteps: int = 1000, ddim
     ddim_steps = check_count("ddim_steps", ddim_steps)
     num_train_timesteps = check_count("num_train_timesteps", num_train_timesteps, minimum=ddim_steps)
     phases, steps = check_phases(phases, ddim_steps), check_count("steps", steps)
-    edges = phase_starts(phases, ddim_steps).tolist() + [ddim_steps]
+    edges = phase_starts(phases, ddim_steps).tolist() + [ddim_steps]  # sync-ok: a CPU index table, once per schedule
     if steps % phases == 0:
         parts = steps // phases
         bounds = [lo + q * (hi - lo) // parts for lo, hi in zip(edges, edges[1:]) for q in range(parts)]
