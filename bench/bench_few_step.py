@@ -4,13 +4,13 @@
     python bench/bench_few_step.py --gamma-file gamma.safetensors   # Γ (1000 draws, ~10 min) kept for the next run
     python bench/readme_tables.py few_step
 
-Rows: the few-step models trained here (the shortcut model; the consistency model distilled from the digits model,
-fd.zoo.digits_consistency; the phased consistency model, fd.zoo.digits_pcm) and what runs the digits model itself
-at few calls (the shipped learned AMED predictor at its calls; DPM++(2M) and DDIM on their own schedules;
-Analytic-DDPM / Analytic-DDIM on even and on optimal timesteps; the teacher on the PCM student's timesteps, where
-that student started), against the teacher's 50-call FD (DPM++(2M), the reference the consistency targets are
-stated against). Each row carries what it cost to get: training minutes and,
-for distilled students, the teacher's model calls (from the shipped file's metadata; the solvers cost nothing).
+Rows: the few-step models trained here and the shipped learned AMED predictor at its calls, as fd.zoo.methods()
+runs them (the shortcut model; the consistency model distilled from the digits model; the phased consistency model),
+and what runs the digits model itself at few calls (DPM++(2M) and DDIM on their own schedules; Analytic-DDPM /
+Analytic-DDIM on even and on optimal timesteps; the teacher on the PCM student's timesteps, where that student
+started), against the teacher's 50-call FD (DPM++(2M), the reference the consistency targets are stated against).
+Each row carries what it cost to get: training minutes and, for distilled students, the teacher's model calls (from
+the shipped file's metadata; the solvers cost nothing).
 Quality is fd.metrics.frechet_distance (digits classifier features against the 297 held-out digits).
 """
 from __future__ import annotations
@@ -24,20 +24,11 @@ import torch
 
 import fused_diffusion as fd
 from common import RESULTS, plot_fd_against_steps, save_grid, write_csv
-from fused_diffusion import files, metrics, solvers
+from fused_diffusion import metrics, solvers
 from fused_diffusion.analytic_dpm import GammaEstimate, estimate_gamma
 from fused_diffusion.zoo.data import load_digits_split
-from fused_diffusion.zoo.digits_amed import digits_amed_path
-from fused_diffusion.zoo.train import WEIGHTS
 
 TEACHER_CALLS = 50
-
-
-def training_cost(path: Path) -> dict:
-    """Training minutes and teacher calls recorded in a shipped file's metadata (blank where it has none)."""
-    info = files.read_any(path)[1].get("info", {})
-    minutes = info.get("train_minutes", round(info["seconds"] / 60, 2) if "seconds" in info else "")
-    return {"train_minutes": minutes, "teacher_calls": info.get("teacher_calls", "")}
 
 
 def main() -> None:
@@ -115,31 +106,22 @@ def main() -> None:
                                                        generator=renoise_generator()),
                         gamma_cost)
 
-    shortcut, _ = fd.zoo.digits_shortcut()
-    cm = fd.zoo.digits_consistency()
+    zoo = fd.zoo.digits()
+    for method in fd.zoo.methods():  # the shipped learned solvers and few-step models, as the demo runs them
+        if method.kind == "few-step model":
+            budgets = args.calls
+        elif method.kind == "learned solver":
+            budgets = method.calls
+        else:
+            continue
+        sample, cost = method.prepare(zoo), method.training_cost()
+        for calls in budgets:
+            measure(method.label, calls, calls, lambda: sample(noise, calls, renoise_generator()), cost)
     pcm = fd.zoo.digits_pcm()
-    costs = {"shortcut": training_cost(WEIGHTS["shortcut"]), "consistency": training_cost(WEIGHTS["consistency"]),
-             "pcm": training_cost(WEIGHTS["pcm"])}
     for calls in args.calls:
-        measure("shortcut", calls, calls, lambda: fd.sample_shortcut(shortcut, noise, calls, disable=True),
-                costs["shortcut"])
-        measure("consistency (CD)", calls, calls,
-                lambda: fd.sample_consistency(cm.model, noise * cm.sigma_max, cm.sigmas(calls),
-                                              sigma_min=cm.model.sigma_min, disable=True,
-                                              generator=renoise_generator()),
-                costs["consistency"])
-        if calls % pcm.phases == 0 or pcm.phases % calls == 0:
-            measure(f"PCM ({pcm.phases} phases)", calls, calls,
-                    lambda: fd.sample_pcm(pcm.unet, noise, alphas_cumprod, pcm.phases, calls, disable=True),
-                    costs["pcm"])
         if calls >= pcm.phases and calls % pcm.phases == 0:  # where the PCM student started: its teacher's steps
             measure("teacher on the PCM timesteps", calls, calls,
                     lambda: fd.sample_pcm(eps_model, noise, alphas_cumprod, pcm.phases, calls, disable=True))
-
-    predictor = fd.zoo.digits_amed(denoiser)
-    amed_calls = predictor.calls
-    measure("AMED (learned)", amed_calls, amed_calls,
-            lambda: predictor.sample(denoiser, noise * predictor.sigmas[0]), training_cost(digits_amed_path()))
 
     write_csv("few_step_digits", rows)
     plot(rows, RESULTS / "few_step_digits_cpu.png")

@@ -96,7 +96,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     from fused_diffusion import demo, generate
 
-    demo_parser = sub.add_parser("demo", help="sample the shipped digits model with every ODE solver")
+    demo_parser = sub.add_parser("demo", help="time to quality on the shipped digits model: every fast method against the baseline solvers")
     demo.add_arguments(demo_parser)
     generate.add_arguments(sub.add_parser("generate", help="many samples of the digits model as resumable shards, "
                                           "on one process or under torchrun"))

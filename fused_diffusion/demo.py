@@ -1,10 +1,14 @@
-"""`python -m fused_diffusion demo`: the shipped digits model sampled with every ODE solver at a few model-call
-budgets, with pictures and the quality metric; `demo --gmm`: the analytic Gaussian mixture against its exact ODE
-solution. Also what the examples and benches do with the digits model alike: picture grids, steering noise to a
-class through fd.sdo."""
+"""`python -m fused_diffusion demo`: time to quality on the shipped digits model. From the same noise, the baseline
+solvers over a ladder of model calls against every faster method the library ships (fd.zoo.methods: learned AMED,
+the shortcut, consistency and phased consistency models, DeepCache, Skip-Tuning), each with its calls, wall time,
+quality and its speed-up over the baselines at equal quality, and which method to use for which budget.
+`demo --solvers`: every ODE solver at a few model-call budgets; `demo --gmm`: the analytic Gaussian mixture against
+its exact ODE solution. Also what the examples and benches do with the digits model alike: picture grids, steering
+noise to a class through fd.sdo."""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ from torch import Tensor
 
 import fused_diffusion as fd
 from fused_diffusion import cli_args
+from fused_diffusion.zoo import sampling_methods
 
 
 # the solvers compared (fd.solvers names), each with the option sets it may run with; AMED's analytic first step
@@ -65,11 +70,7 @@ def solver_runs(budget: int, sigma_min: float, sigma_max: float, alphas_cumprod:
     ddim_steps = ddim_solver.steps_for(budget)
 
     def ddim(den, noise):
-        # DDIM takes variance-preserving noise; trailing spacing starts at the last training step (sigma_max),
-        # so it solves the same ODE from the same noise as the solvers above
-        scale = sigma_max / (1 + sigma_max**2) ** 0.5
-        return fd.sample_ddim(den.inner_model, noise * scale, alphas_cumprod, ddim_steps, timestep_spacing="trailing",
-                              clip_sample=False, disable=True)
+        return sampling_methods.ddim_run(den.inner_model, alphas_cumprod, sigma_max, ddim_steps)(noise)
 
     return runs + [SolverRun("ddim", budget, ddim_solver.calls(ddim_steps), ddim)]
 
@@ -181,7 +182,196 @@ def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], b
     plt.close(fig)
 
 
-def digits_demo(args: argparse.Namespace) -> list[dict]:
+# the quality the "which to use" advice and the baselines' calls are stated against: the converged baseline's FD
+# (its most calls) plus this margin
+TARGET_MARGIN = 1.1
+
+
+@dataclass
+class Measured:
+    """One (method, calls) run of the time-to-quality demo."""
+    method: sampling_methods.Method
+    calls: int
+    seconds: float
+    fd: float
+    confidence: float
+    images: Tensor
+
+
+def baseline_seconds(fd_value: float, baselines: list[Measured]) -> tuple[float, str]:
+    """(wall time the baselines need for FD `fd_value`, relation): on their cheapest-first front (each run better
+    than every cheaper one), log time interpolated in log FD between the two runs around `fd_value`. Relation "<="
+    where even the cheapest run is better (its time, an upper bound), ">=" where no run reaches it (the slowest
+    run's time, a lower bound), else "="."""
+    front: list[Measured] = []
+    for run in sorted(baselines, key=lambda r: r.seconds):
+        if not front or run.fd < front[-1].fd:
+            front.append(run)
+    if fd_value >= front[0].fd:
+        return front[0].seconds, "<="
+    if fd_value < front[-1].fd:
+        return front[-1].seconds, ">="
+    above, below = next((a, b) for a, b in zip(front, front[1:]) if a.fd > fd_value >= b.fd)
+    w = math.log(above.fd / fd_value) / math.log(above.fd / below.fd)
+    return above.seconds ** (1 - w) * below.seconds ** w, "="
+
+
+def speedup_text(run: Measured, baselines: list[Measured]) -> str:
+    if run.method.kind == "baseline":
+        return "·"
+    seconds, relation = baseline_seconds(run.fd, baselines)
+    return f"{ {'=': '', '<=': '<', '>=': '>'}[relation]}{seconds / run.seconds:.1f}x"
+
+
+def which_to_use(runs: list[Measured], target: float) -> list[str]:
+    """Per model-call budget, the best run within it, listed where the best changes, until one reaches `target`."""
+    lines, best = [], None
+    for calls in sorted({r.calls for r in runs}):
+        candidate = min((r for r in runs if r.calls <= calls), key=lambda r: r.fd)
+        if candidate is not best:
+            best = candidate
+            budget = "1 call" if calls == 1 else f"<= {calls} calls"
+            lines.append(f"  {budget:<14}{best.method.label} at {best.calls}: FD {best.fd:.1f} in {best.seconds:.2f} s")
+        if best.fd <= target:
+            break
+    return lines
+
+
+def time_to_quality(args: argparse.Namespace) -> list[Measured]:
+    from tqdm import tqdm
+
+    from fused_diffusion import metrics
+    from fused_diffusion.zoo.data import load_digits_split
+
+    device = torch.device(args.device)
+    zoo = fd.zoo.digits(device=device)
+    noise = torch.randn(args.samples, *zoo.sample_shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    registry = sampling_methods.methods()
+    runs: list[Measured] = []
+    with tqdm(total=sum(len(m.calls) for m in registry), desc="sampling", unit="run", leave=False) as bar:
+        for method in registry:
+            sample = method.prepare(zoo)
+            for calls in method.calls:
+                with torch.inference_mode():
+                    sample(noise[:2], calls, torch.Generator(device))  # warm-up: first-call costs are not its time
+                    generator = torch.Generator(device).manual_seed(args.seed + 1)  # draws after the noise
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    images = sample(noise, calls, generator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                confidence, _ = metrics.classifier_scores(images)
+                runs.append(Measured(method, calls, seconds, metrics.frechet_distance(images), confidence, images))
+                bar.update()
+    baselines = [r for r in runs if r.method.kind == "baseline"]
+    converged = max(baselines, key=lambda r: (r.calls, -r.fd))
+    target = converged.fd * TARGET_MARGIN
+    data_fd = metrics.frechet_distance(load_digits_split().train_images[: args.samples])
+
+    print(f"digits model: {args.samples} samples from the same noise on {device} "
+          f"({torch.get_num_threads()} threads, op backend {fd.backends()['active'][device.type]})")
+    print(f"FD: Frechet distance to held-out digits in the digits classifier's features, lower is better\n"
+          f"    (train digits: {data_fd:.1f}); conf: mean classifier confidence")
+    needs = []
+    for label in dict.fromkeys(r.method.label for r in baselines):
+        reached = [r for r in baselines if r.method.label == label and r.fd <= target]
+        if reached:
+            first = min(reached, key=lambda r: r.calls)
+            needs.append(f"{label} {first.calls} calls ({first.seconds:.2f} s)")
+    print(f"target FD {target:.1f} ({converged.method.label} at {converged.calls} calls + "
+          f"{TARGET_MARGIN - 1:.0%}): " + (", ".join(needs) or "no baseline run here reaches it"))
+    print()
+    print(f"{'method':<40}{'calls':>6}{'s':>7}{'FD':>7}{'conf':>6}{'speed-up*':>10}  training")
+    kind = None
+    for run in runs:
+        if run.method.kind != kind:
+            kind = run.method.kind
+            print(f"  {kind}s")
+        cost = run.method.training_cost()
+        trained = (f"{cost['train_minutes']} min" + (f", {cost['teacher_calls']:,} teacher calls"
+                                                    if cost["teacher_calls"] else "")
+                   if cost["train_minutes"] else "-")
+        print(f"{run.method.label:<40}{run.calls:>6}{run.seconds:>7.2f}{run.fd:>7.1f}{run.confidence:>6.2f}"
+              f"{speedup_text(run, baselines):>10}  {trained}")
+    print("* the baselines' wall time for the same FD (interpolated between their runs) over this run's;\n"
+          "  > : no baseline run reaches it, < : even the cheapest is better")
+    print()
+    print("which to use: the best FD within a budget of model calls, in this run")
+    print("\n".join(which_to_use(runs, target)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_method_rows(runs, baselines, target, out / "samples.png")
+    save_quality_against_time(runs, target, data_fd, out / "quality.png")
+    print(f"wrote {out / 'samples.png'} and {out / 'quality.png'}")
+    return runs
+
+
+def shown_runs(runs: list[Measured], target: float) -> list[Measured]:
+    """The picture's rows: every method's runs; each baseline at its fewest calls and where it first reaches
+    `target` (or its most calls)."""
+    shown = []
+    for label in dict.fromkeys(r.method.label for r in runs):
+        mine = [r for r in runs if r.method.label == label]
+        if mine[0].method.kind == "baseline" and len(mine) > 2:
+            reached = [r for r in mine if r.fd <= target]
+            mine = [mine[0], min(reached, key=lambda r: r.calls) if reached else mine[-1]]
+        shown += mine
+    return shown
+
+
+def save_method_rows(runs: list[Measured], baselines: list[Measured], target: float, path: Path,
+                     columns: int = 16) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = shown_runs(runs, target)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 0.62 * len(shown) + 0.6), squeeze=False)
+    for ax, run in zip(axes[:, 0], shown):
+        ax.imshow(image_grid(run.images[:columns].cpu(), columns).numpy(), cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.axis("off")
+        speedup = speedup_text(run, baselines)
+        ax.text(-0.01, 0.5, f"{run.method.label}, {run.calls} call{'s' * (run.calls > 1)}\n"
+                f"FD {run.fd:.1f}, {run.seconds:.2f} s" + ("" if speedup == "·" else f", {speedup} faster"),
+                fontsize=8, ha="right", va="center", transform=ax.transAxes)
+    fig.suptitle("digits model, the same noise: one row per method and model-call budget", fontsize=10)
+    fig.tight_layout(rect=(0.28, 0, 1, 0.98))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_quality_against_time(runs: list[Measured], target: float, data_fd: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for label in dict.fromkeys(r.method.label for r in runs):
+        mine = [r for r in runs if r.method.label == label]
+        style = "o-" if mine[0].method.kind == "baseline" else "s--"
+        ax.plot([r.seconds for r in mine], [r.fd for r in mine], style, label=label, markersize=5)
+        for r in mine:
+            ax.annotate(str(r.calls), (r.seconds, r.fd), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target FD {target:.1f}")
+    ax.axhline(data_fd, color="gray", linestyle="--", linewidth=1, label="train digits")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"wall time for {len(runs[0].images)} samples (s); numbers: model calls")
+    ax.set_ylabel("FD (lower is better)")
+    ax.set_title("digits model: quality against wall time, the same noise")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def solver_grid(args: argparse.Namespace) -> list[dict]:
     from fused_diffusion import metrics
     from fused_diffusion.zoo.data import load_digits_split
 
@@ -197,7 +387,7 @@ def digits_demo(args: argparse.Namespace) -> list[dict]:
           f"{time.perf_counter() - start:.1f} s")
     print("fd: Frechet distance to the held-out digits in the digits classifier's feature space (not FID); "
           "conf: mean classifier confidence; H: entropy of predicted classes (ln 10 = 2.30 is all classes); "
-          f"traj: RMS distance to the reference solve of the same noise")
+          "traj: RMS distance to the reference solve of the same noise")
     print(f"{'solver':<10}{'calls':>6}{'fd':>8}{'conf':>7}{'H':>6}{'traj':>9}{'ms':>9}")
     train = load_digits_split().train_images[: args.samples]
     data_fd = metrics.frechet_distance(train)
@@ -249,16 +439,20 @@ def gmm_demo(args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gmm", action="store_true", help="the analytic Gaussian mixture instead of the digits model")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--solvers", action="store_true",
+                       help="every ODE solver at a few model-call budgets instead of time to quality")
+    modes.add_argument("--gmm", action="store_true", help="the analytic Gaussian mixture instead of the digits model")
     parser.add_argument("--device", type=cli_args.device, default="cuda" if torch.cuda.is_available() else "cpu")
-    digits = parser.add_argument_group("digits model")
-    digits.add_argument("--calls", type=cli_args.count(), nargs="+", default=[5, 10, 20], help="model-call budgets")
-    digits.add_argument("--samples", type=cli_args.count(2), default=300, help="samples per solver and budget (FD needs 2)")
-    digits.add_argument("--reference-samples", type=cli_args.count(), default=50,
-                        help="how many of the samples get the 1000-call reference solve (trajectory error)")
-    digits.add_argument("--reference-calls", type=cli_args.count(), default=1000)
+    digits = parser.add_argument_group("digits model (time to quality, and --solvers)")
+    digits.add_argument("--samples", type=cli_args.count(2), default=500, help="samples per run (FD needs 2)")
     digits.add_argument("--seed", type=cli_args.seed, default=0)
     digits.add_argument("--out", type=cli_args.folder, default="demo", help="folder for samples.png and quality.png")
+    solvers = parser.add_argument_group("every solver (--solvers)")
+    solvers.add_argument("--calls", type=cli_args.count(), nargs="+", default=[5, 10, 20], help="model-call budgets")
+    solvers.add_argument("--reference-samples", type=cli_args.count(), default=50,
+                         help="how many of the samples get the 1000-call reference solve (trajectory error)")
+    solvers.add_argument("--reference-calls", type=cli_args.count(), default=1000)
     gmm = parser.add_argument_group("Gaussian mixture (--gmm)")
     gmm.add_argument("--steps", type=cli_args.count(), nargs="+", default=[5, 10, 20, 40])
     gmm.add_argument("--dim", type=cli_args.count(), default=64)
@@ -268,23 +462,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gmm.add_argument("--sigma-max", type=cli_args.real(above=0), default=80.0)
 
 
-# each mode's options: one of the other mode given another value is refused by name, not ignored
-MODE_OPTIONS = {True: ("steps", "dim", "components", "batch", "sigma_min", "sigma_max"),
-                False: ("calls", "samples", "reference_samples", "reference_calls", "seed", "out")}
+# each mode's own options (the modes named as `mode` returns them): one given another value in another mode is
+# refused by name, not ignored
+MODE_OPTIONS = {"gmm": ("steps", "dim", "components", "batch", "sigma_min", "sigma_max"),
+                "solvers": ("calls", "reference_samples", "reference_calls"),
+                "digits": ("samples", "seed", "out")}
+MODE_NAMES = {"gmm": "Gaussian mixture demo (--gmm)", "solvers": "solver grid (--solvers)",
+              "digits": "digits model demos (without --gmm)"}
+
+
+def mode(args: argparse.Namespace) -> str:
+    return "gmm" if args.gmm else "solvers" if args.solvers else "time"
 
 
 def check_mode_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     defaults = parser.parse_args([])  # converted by the options' types, as the given values are
-    for name in MODE_OPTIONS[not args.gmm]:
-        if getattr(args, name) != getattr(defaults, name):
-            parser.error(f"argument --{name.replace('_', '-')}: belongs to the "
-                         f"{'digits demo (without --gmm)' if args.gmm else 'Gaussian mixture demo (--gmm)'}")
+    allowed = {"gmm": {"gmm"}, "solvers": {"solvers", "digits"}, "time": {"digits"}}[mode(args)]
+    for owner, names in MODE_OPTIONS.items():
+        for name in names:
+            if owner not in allowed and getattr(args, name) != getattr(defaults, name):
+                parser.error(f"argument --{name.replace('_', '-')}: belongs to the {MODE_NAMES[owner]}")
     if args.gmm and args.sigma_min >= args.sigma_max:
         parser.error(f"argument --sigma-min: must be below --sigma-max, got {args.sigma_min} and {args.sigma_max}")
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.gmm:
-        gmm_demo(args)
-    else:
-        digits_demo(args)
+    {"gmm": gmm_demo, "solvers": solver_grid, "time": time_to_quality}[mode(args)](args)

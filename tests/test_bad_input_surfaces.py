@@ -901,5 +901,10 @@ def test_damaged_digits_metadata_is_named(tmp_path):
 
 
 def test_demo_and_train_refuse_the_other_modes_options(tmp_path, capsys):
-    assert "argument --calls: belongs to the digits demo" in cli_error(capsys, "demo", "--gmm", "--calls", "3")
+    assert "argument --calls: belongs to the solver grid (--solvers)" in cli_error(capsys, "demo", "--gmm", "--calls",
+                                                                                   "3")
+    assert "argument --calls: belongs to the solver grid (--solvers)" in cli_error(capsys, "demo", "--calls", "3")
+    assert "argument --samples: belongs to the digits model demos" in cli_error(capsys, "demo", "--gmm", "--samples",
+                                                                                "5")
+    assert "argument --gmm: not allowed with argument --solvers" in cli_error(capsys, "demo", "--solvers", "--gmm")
     assert "argument --steps: belongs to the Gaussian mixture demo" in cli_error(capsys, "demo", "--steps", "3")
