@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 import fused_diffusion as fd
-from common import machine, write_csv
+from common import write_csv
+from fused_diffusion.provenance import machine
 from fused_diffusion import demo, metrics
 from fused_diffusion.zoo.data import load_digits_split
 

@@ -29,7 +29,8 @@ from typing import Callable
 
 import torch
 
-from common import RESULTS, machine, write_csv
+from common import RESULTS, write_csv
+from fused_diffusion.provenance import machine
 from fused_diffusion import ops
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 import fused_diffusion as fd
-from common import machine, write_csv
+from common import write_csv
+from fused_diffusion.provenance import machine
 from fused_diffusion import demo, metrics
 from fused_diffusion.zoo.data import load_digits_split
 from fused_diffusion.zoo.digits_amed import SCHEDULE_KIND, shipped

@@ -23,7 +23,8 @@ from typing import Callable
 import torch
 
 import fused_diffusion as fd
-from common import RESULTS, environment, write_csv
+from common import RESULTS, write_csv
+from fused_diffusion.provenance import environment
 from fused_diffusion import demo, metrics, ops
 from fused_diffusion.zoo.data import load_digits_split
 

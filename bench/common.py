@@ -1,55 +1,25 @@
-"""Helpers the bench scripts share: where results go, the machine and versions every CSV row carries, and the
-pictures and plots several benches draw.
+"""Helpers the bench scripts share: where results go, the CSV writer (every row carries fused_diffusion.provenance's
+machine and versions), and the pictures and plots several benches draw.
 
 A script run as `python bench/<script>.py` has bench/ first on sys.path (Python puts the script's folder there), so
 `from common import write_csv` needs no path edit.
 """
 from __future__ import annotations
 
-import csv
-import datetime
-import platform
-import shlex
-import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from fused_diffusion import demo
+from fused_diffusion import demo, provenance
+from fused_diffusion.provenance import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-    """The GPU's name where there is one, else the CPU's."""
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
-
-
-def environment() -> dict:
-    import diffusers
-
-    return {"machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(),
-            "command": shlex.join(["python", *sys.argv])}
-
-
 def write_csv(name: str, rows: list[dict]) -> Path:
-    env = environment()
-    tag = "cpu" if not torch.cuda.is_available() else "".join(c if c.isalnum() else "_" for c in env["machine"])
-    path = RESULTS / f"{name}_{tag}.csv"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*env, *rows[0]])
-        writer.writeheader()
-        writer.writerows({**env, **r} for r in rows)
+    tag = "cpu" if not torch.cuda.is_available() else "".join(c if c.isalnum() else "_" for c in machine())
+    path = provenance.write_csv(RESULTS / f"{name}_{tag}.csv", rows)
     print(f"wrote {path}")
     return path
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import triton
 
-from common import RESULTS, cpu_name
+from common import RESULTS
+from fused_diffusion.provenance import cpu_name
 from fused_diffusion.ops.kernels import variants as V
 
 FIELDS = ["op", "kernel", "variant", "dtype", "arch", "target", "num_warps", "ptxas", "registers_per_thread",

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 import fused_diffusion as fd
-from fused_diffusion import cli_args
+from fused_diffusion import cli_args, provenance
 from fused_diffusion.zoo import sampling_methods
 
 
@@ -304,7 +304,12 @@ def time_to_quality(args: argparse.Namespace) -> list[Measured]:
     out.mkdir(parents=True, exist_ok=True)
     save_method_rows(runs, baselines, target, out / "samples.png")
     save_quality_against_time(runs, target, data_fd, out / "quality.png")
-    print(f"wrote {out / 'samples.png'} and {out / 'quality.png'}")
+    provenance.write_csv(out / "time_to_quality.csv", [
+        {"method": r.method.label, "kind": r.method.kind, "calls": r.calls, "samples": args.samples,
+         "seconds": round(r.seconds, 4), "fd": round(r.fd, 4), "confidence": round(r.confidence, 4),
+         "speedup": speedup_text(r, baselines), **r.method.training_cost(), "target_fd": round(target, 4),
+         "data_fd": round(data_fd, 4)} for r in runs])
+    print(f"wrote {out / 'samples.png'}, {out / 'quality.png'} and {out / 'time_to_quality.csv'}")
     return runs
 
 
@@ -447,7 +452,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     digits = parser.add_argument_group("digits model (time to quality, and --solvers)")
     digits.add_argument("--samples", type=cli_args.count(2), default=500, help="samples per run (FD needs 2)")
     digits.add_argument("--seed", type=cli_args.seed, default=0)
-    digits.add_argument("--out", type=cli_args.folder, default="demo", help="folder for samples.png and quality.png")
+    digits.add_argument("--out", type=cli_args.folder, default="demo",
+                        help="folder for samples.png and quality.png (and time_to_quality.csv)")
     solvers = parser.add_argument_group("every solver (--solvers)")
     solvers.add_argument("--calls", type=cli_args.count(), nargs="+", default=[5, 10, 20], help="model-call budgets")
     solvers.add_argument("--reference-samples", type=cli_args.count(), default=50,

@@ -1,6 +1,7 @@
 """The demo: time to quality (the equal-quality speed-up, the advice per budget, the run end to end) and the solver
 grid (each solver's model-call budget is what it really calls)."""
 import argparse
+import csv
 import math
 import subprocess
 import sys
@@ -118,3 +119,7 @@ def test_time_to_quality_end_to_end_shows_every_registered_method(tmp_path, monk
     assert "which to use" in out and all(math.isfinite(r.fd) and r.seconds > 0 for r in runs)
     for name in ("samples.png", "quality.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (tmp_path / "time_to_quality.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], int(r["calls"])) for r in rows] == [(r.method.label, r.calls) for r in runs]
+    assert all(r["machine"] and r["torch"] for r in rows)
