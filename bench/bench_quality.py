@@ -3,7 +3,7 @@ AMED rows, on the shipped digits model and on an analytic Gaussian mixture.
 
     python bench/bench_quality.py                 # both problems, every solver -> results/quality_*_cpu.csv/.png
     python bench/bench_quality.py --problems digits --solvers euler heun dpmpp_2m --samples 300
-    python bench/readme_tables.py                 # then README's quality table from the digits CSV
+    python bench/readme_tables.py quality         # then the quality table (docs/few-step.md) from the digits CSV
 
 digits: Frechet distance in the digits classifier's features (fd.metrics, against the held-out digits) of 1500
 samples from fixed noise, and the trajectory error (per-pixel RMS) of the first 200 against a 1000-call solve of the

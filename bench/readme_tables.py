@@ -1,13 +1,15 @@
-"""README tables generated from benchmark CSVs and from the solver registry: each table's text lives between
-`<!-- table:NAME -->` and `<!-- /table:NAME -->` in README.md and is rewritten from its source, nothing else is
-touched.
+"""The generated tables of README.md and the docs pages, written from benchmark CSVs and from the solver registry:
+each table's text lives between `<!-- table:NAME -->` and `<!-- /table:NAME -->` in the page that holds it (PAGES,
+README.md when a table is not listed there) and is rewritten from its source; nothing else is touched.
 
-    python bench/readme_tables.py            # every table in TABLES
+    python bench/readme_tables.py            # every table in TABLES, each into its page
     python bench/readme_tables.py quality    # one
-    python bench/readme_tables.py --check    # write nothing; fail naming the tables README.md has out of date
+    python bench/readme_tables.py --check    # write nothing; fail naming, per page, the tables that are out of date
 
-A bench adds its table by writing a function that returns markdown (`pivot` makes the usual solver x calls grid) and
-registering it in TABLES. Rerunning on the same sources leaves README.md unchanged; a missing marker is an error.
+A bench adds its table by writing a function that returns markdown (`pivot` makes the usual solver x calls grid),
+registering it in TABLES and naming its page in PAGES. Rerunning on the same sources leaves every page unchanged; a
+missing marker, or the markers of a registered table in a page other than its own, is an error. Markers of a name
+that is not registered are left alone.
 """
 from __future__ import annotations
 
@@ -55,11 +57,12 @@ def pivot(rows: list[dict], row: str, column: str, value: str, labels: dict[str,
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, name: str, body: str) -> str:
-    """`text` with everything between the markers of table `name` replaced by `body` (on lines of its own)."""
+def replace_between_markers(text: str, name: str, body: str, page: str = "README.md") -> str:
+    """`text` (of `page`) with everything between the markers of table `name` replaced by `body` (on lines of its
+    own)."""
     start, end = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise SystemExit(f"README.md needs exactly one '{start}' followed by one '{end}'")
+        raise SystemExit(f"{page} needs exactly one '{start}' followed by one '{end}' (table {name})")
     head, rest = text.split(start)
     _, tail = rest.split(end)
     return f"{head}{start}\n{body.strip()}\n{end}{tail}"
@@ -319,33 +322,74 @@ TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": sa
                                         "integrations": integrations_table, "pipelines": pipelines_table,
                                         "solvers": solvers_table, "ops_host": ops_host_table,
                                         "few_step": few_step_table}
+# the page that holds each table, relative to the repository root (README.md for a table not listed here)
+PAGES: dict[str, str] = {"solvers": "docs/samplers.md", "samplers": "docs/samplers.md",
+                         "quality": "docs/few-step.md", "few_step": "docs/few-step.md", "shortcut": "docs/few-step.md",
+                         "analytic_dpm": "docs/training-side.md", "sdo": "docs/training-side.md",
+                         "integrations": "docs/integrations.md", "pipelines": "docs/integrations.md",
+                         "ops_host": "docs/benchmarks.md", "samplers_overhead": "docs/benchmarks.md"}
+
+
+def page_of(name: str) -> str:
+    return PAGES.get(name, "README.md")
+
+
+def markdown_pages(root: Path) -> list[Path]:
+    """README.md and every page under docs/: where a table's markers could be."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def misplaced_markers(root: Path) -> list[str]:
+    """'PAGE: table NAME (its page is OTHER)' for each registered table whose markers are in a page not its own."""
+    found = []
+    for path in markdown_pages(root):
+        if not path.is_file():
+            continue
+        page, text = path.relative_to(root).as_posix(), path.read_text()
+        found += [f"{page}: table {name} (its page is {page_of(name)})" for name in TABLES
+                  if page != page_of(name) and f"<!-- table:{name} -->" in text]
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tables", nargs="*", help=f"of {', '.join(TABLES)} (default: all)")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the folder the pages are in, README.md and docs/ (default: this repository)")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 naming the tables whose README text differs from their source")
+                        help="write nothing; exit 1 naming, per page, the tables whose text differs from their source")
     args = parser.parse_args()
     names = args.tables or list(TABLES)
     if unknown := set(names) - set(TABLES):
         parser.error(f"unknown tables {sorted(unknown)}; known: {', '.join(TABLES)}")
-    text = args.readme.read_text()
-    stale = []
+    if misplaced := misplaced_markers(args.root):
+        raise SystemExit("tables in a page not their own (move the markers, or change PAGES): " + "; ".join(misplaced))
+    pages: dict[str, list[str]] = {}
     for name in names:
-        updated = replace_between_markers(text, name, TABLES[name]())
-        if updated != text:
-            stale.append(name)
-        text = updated
+        pages.setdefault(page_of(name), []).append(name)
+    updated, stale = {}, {}
+    for page, page_names in pages.items():
+        path = args.root / page
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist: it should hold tables {', '.join(page_names)}")
+        text = original = path.read_text()
+        for name in page_names:
+            new = replace_between_markers(text, name, TABLES[name](), page)
+            if new != text:
+                stale.setdefault(page, []).append(name)
+            text = new
+        if text != original:
+            updated[path] = text
     if args.check:
         if stale:
-            raise SystemExit(f"{args.readme} has out-of-date tables {', '.join(stale)}: run "
-                             f"python bench/readme_tables.py {' '.join(stale)}")
-        print(f"{', '.join(names)} in {args.readme} are up to date")
+            raise SystemExit("out-of-date tables: " + "; ".join(f"{page}: {', '.join(tables)}" for page, tables
+                                                                 in stale.items())
+                             + f" (run python bench/readme_tables.py {' '.join(n for t in stale.values() for n in t)})")
+        print("up to date: " + "; ".join(f"{page}: {', '.join(page_names)}" for page, page_names in pages.items()))
         return
-    args.readme.write_text(text)
-    print(f"updated {', '.join(names)} in {args.readme}")
+    for path, text in updated.items():
+        path.write_text(text)
+    print("updated: " + ("; ".join(f"{page}: {', '.join(tables)}" for page, tables in stale.items()) or "nothing"))
 
 
 if __name__ == "__main__":
