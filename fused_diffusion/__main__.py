@@ -49,7 +49,8 @@ def print_backends(problem: str | None) -> None:
 # which `train` options each model reads; another option given is refused by name, not silently ignored
 UNET_OPTIONS = ("iterations", "batch_size", "lr", "seed", "max_minutes", "threads", "workdir", "resume", "out")
 TRAIN_OPTIONS = {"digits": UNET_OPTIONS, "digits-shortcut": UNET_OPTIONS, "digits-flow": UNET_OPTIONS,
-                 "digits-consistency": UNET_OPTIONS, "digits-pcm": UNET_OPTIONS + ("phases",),
+                 "digits-consistency": UNET_OPTIONS + ("distance",),
+                 "digits-pcm": UNET_OPTIONS + ("phases", "distance"),
                  "digits-classifier": ("seed", "threads", "out"),
                  "digits-amed": ("student", "calls", "trajectories", "seed", "threads", "out")}
 
@@ -84,7 +85,8 @@ def train(args: argparse.Namespace) -> None:
         return
     objective = {"digits": "ddpm", "digits-shortcut": "shortcut", "digits-flow": "flow",
                  "digits-consistency": "consistency", "digits-pcm": "pcm"}[args.model]
-    given = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "phases": args.phases}
+    given = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "phases": args.phases,
+             "distance": args.distance}
     cfg = train.TrainConfig.for_objective(objective, seed=args.seed, max_minutes=args.max_minutes, threads=args.threads,
                                           workdir=args.workdir or Path(f"runs/{args.model}"), out=args.out,
                                           **{k: v for k, v in given.items() if v is not None})
@@ -111,6 +113,9 @@ def main() -> None:
     t.add_argument("--lr", type=cli_args.real(above=0), default=None,
                    help=f"default {defaults.lr}; the distilled students: fd.zoo.train.DISTILL_DEFAULTS")
     t.add_argument("--phases", type=cli_args.count(), default=None, help=f"digits-pcm: phases (default {defaults.phases})")
+    t.add_argument("--distance", choices=fd.consistency.DISTANCES, default=None,
+                   help=f"digits-consistency, digits-pcm: the distance of the loss (default {defaults.distance}; "
+                        "pseudo_huber: improved consistency training's)")
     t.add_argument("--seed", type=cli_args.seed, default=defaults.seed)
     t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
     t.add_argument("--threads", type=cli_args.count(), default=None)

@@ -774,6 +774,8 @@ def test_command_line_paths_and_options_are_checked_before_any_work(tmp_path, ca
         (["train", "digits-classifier", "--lr", "0.5"], "argument --lr: not used by `train digits-classifier`"),
         (["train", "digits-amed", "--iterations", "5"], "argument --iterations: not used by `train digits-amed`"),
         (["train", "digits", "--calls", "7"], "argument --calls: not used by `train digits`"),
+        (["train", "digits", "--distance", "l2"], "argument --distance: not used by `train digits`"),
+        (["train", "digits-consistency", "--distance", "l1"], "argument --distance: invalid choice: 'l1'"),
     ]
     for argv, message in cases:
         assert message in cli_error(capsys, *argv), argv
