@@ -71,6 +71,8 @@ setup(
         "sde": ["torchsde"],
         "diffusers": ["diffusers>=0.30", "safetensors"],
         "bench": [*DIGITS, "nvidia-ml-py"],
+        # the documentation site: mkdocs build --strict (pages in docs/, API pages from the docstrings)
+        "docs": ["mkdocs-material", "mkdocstrings[python]"],
     },
     **extension_build(),
 )
