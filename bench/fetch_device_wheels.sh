@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run HERE (not on the device) before a GPU session's runs: fetches the wheels the device image lacks into .whl/
-# (ignored by git), for its Python 3.12. The device has torch, triton, matplotlib, nvidia-ml-py, scipy, pytest,
-# huggingface_hub and safetensors already; diffusers, importlib_metadata and torchsde (with trampoline), all pure
-# Python, are missing.
-# Then every device run names ".whl" in carry; bench/gpu_check.sh installs them into /tmp/site first.
+# For a GPU machine without internet access: run this on a machine with it, before copying the repository over.
+# Fetches into .whl/ (ignored by git) the wheels such a machine's Python 3.12 image lacks. The image assumed has
+# torch, triton, matplotlib, nvidia-ml-py, scipy, pytest, huggingface_hub and safetensors already; diffusers,
+# importlib_metadata and torchsde (with trampoline), all pure Python, are missing.
+# Copy .whl/ along with the repository; bench/gpu_check.sh installs them into /tmp/site first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

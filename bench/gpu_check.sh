@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in stages that each fit one 10-minute device command. From the repository root on a
-# CUDA machine (wheels from bench/fetch_device_wheels.sh carried in .whl/ where diffusers is missing):
+# Everything that needs a GPU, in stages of under 10 minutes each. From the repository root on a
+# CUDA machine (wheels from bench/fetch_device_wheels.sh copied in .whl/ where diffusers is missing):
 #   bash bench/gpu_check.sh quick       # first contact, sized for 8 minutes (not yet timed on a GPU): build the CUDA
 #                                       #   extension, every gpu-marked test, one op-bandwidth figure (lincomb of 2 fp16
 #                                       #   inputs, 64 MB out, -> bench/results/quick/) and one whole loop (ddpm-cifar10
@@ -14,7 +14,7 @@
 #   bash bench/gpu_check.sh sdo         # bench_sdo cost: SDO against full backprop, time and CUDA peak memory
 #   bash bench/gpu_check.sh pipelines   # accelerated diffusers pipelines: the gpu tests (one graph per configuration)
 #                                       #   and the host time per step against their own loops
-#   bash bench/gpu_check.sh all         # everything but quick in one go (longer than one device command allows)
+#   bash bench/gpu_check.sh all         # everything but quick in one go (longer than 10 minutes)
 # Each stage prints its seconds ("== <stage>: N s") and ends with a short table of what it measured.
 # GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh STAGE ... prints each command the stage would run ("+ " and the
 # command, shell-quoted) instead of running it: no CUDA check, no build, no GPU (tests/test_gpu_check.py runs it).
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 stage=${1:-all}
 dry=${GPU_CHECK_DRY_RUN:-0}
 export PYTHONUNBUFFERED=1
-case $stage in  # checked before the build, so a typo costs no device time
+case $stage in  # checked before the build, so a typo costs no GPU time
   quick|test|ops|unet|sdo|pipelines|all) ;;
   loop) : "${2:?loop needs MODEL BATCH}" "${3:?loop needs MODEL BATCH}" ;;
   *) echo "unknown stage $stage: quick | test | ops | unet | sdo | pipelines | loop MODEL BATCH | all"; exit 2 ;;
@@ -44,7 +44,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 run python3 -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)"
-# the extension, built in place against the device's torch (kept between calls while the machine stays warm)
+# the extension, built in place against the GPU machine's torch (kept between runs in the same checkout)
 begin build
 if [[ $dry == 1 ]]; then
   run env MAX_JOBS=16 python3 setup.py -q build_ext --inplace

@@ -12,7 +12,7 @@ f(x_t, t) = sqrt(a_s) x0(x_t, eps(x_t, t)) + sqrt(1 - a_s) eps(x_t, t). One trai
 
 The target network is the student without gradient in the code (target_ema = 0); any other eps model may be
 given. `distance` is "l2" (mean squared error) or "huber" (the code's elementwise sqrt(diff^2 + c^2) - c,
-c = 0.001). The paper's adversarial consistency loss is not built (see the README for what the plain objective
+c = 0.001). The paper's adversarial consistency loss is not built (docs/few-step.md says what the plain objective
 reaches on the digits model).
 """
 from __future__ import annotations
