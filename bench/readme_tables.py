@@ -26,6 +26,7 @@ from fused_diffusion.solvers import EAGER_ONLY, SOLVERS, Solver
 from fused_diffusion.solvers.base import SCHEDULE_KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "docs" / "demo"  # `python -m fused_diffusion demo --out docs/demo`: the README's demo table and picture
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -169,6 +170,35 @@ def few_step_table() -> str:
             f"method cost to get: training minutes on one CPU thread and the teacher's model calls (the Γ estimate's "
             f"for Analytic-DPM). " + provenance(floor) + "\n\n"
             + pivot(methods, "method", "calls", "fd", labels, corner="method (cost) \\ calls"))
+
+
+def demo_table() -> str:
+    """The demo's time to quality: each fast method's runs (model calls: FD, speed-up over the baselines at equal FD)
+    and what it cost to get, then what the baselines need for the target FD, from the CSV that
+    `python -m fused_diffusion demo --out docs/demo` writes."""
+    rows = read_csv(DEMO / "time_to_quality.csv")
+    first, target = rows[0], float(rows[0]["target_fd"])
+    baselines = [r for r in rows if r["kind"] == "baseline"]
+    lines = ["| method | model calls: FD (speed-up at equal FD) | training |", "|---|---|---|"]
+    for label in dict.fromkeys(r["method"] for r in rows if r["kind"] != "baseline"):
+        mine = [r for r in rows if r["method"] == label]
+        runs = ", ".join(f"{r['calls']}: {significant(float(r['fd']))} ({r['speedup'].replace('x', '×')})"
+                         for r in mine)
+        minutes, calls = mine[0]["train_minutes"], mine[0]["teacher_calls"]
+        cost = "none" if float(minutes or 0) == 0 else f"{float(minutes):.0f} min" + (
+            f", {int(float(calls)) // 1000}k teacher calls" if calls not in ("", "0") else "")
+        lines.append(f"| {label} | {runs} | {cost} |")
+    needs = []
+    for label in dict.fromkeys(r["method"] for r in baselines):
+        reached = [r for r in baselines if r["method"] == label and float(r["fd"]) <= target]
+        if reached:
+            r = min(reached, key=lambda r: int(r["calls"]))
+            needs.append(f"{label} {r['calls']} calls ({float(r['seconds']):.2f} s)")
+    return (f"{first['samples']} samples from the same noise; FD: Frechet distance to held-out digits in a digits "
+            f"classifier's features, lower is better (the train digits score {significant(float(first['data_fd']))}). "
+            f"The baselines reach the target FD {significant(target)} with " + ", ".join(needs) + "; a method's "
+            f"speed-up is their wall time for its FD over its own (> : no baseline run reaches it). "
+            + provenance(first) + "\n\n" + "\n".join(lines))
 
 
 def shortcut_table() -> str:
@@ -321,13 +351,14 @@ TABLES: dict[str, Callable[[], str]] = {"quality": quality_table, "samplers": sa
                                         "analytic_dpm": analytic_dpm_table, "sdo": sdo_table,
                                         "integrations": integrations_table, "pipelines": pipelines_table,
                                         "solvers": solvers_table, "ops_host": ops_host_table,
-                                        "few_step": few_step_table}
+                                        "few_step": few_step_table, "demo": demo_table}
 # the page that holds each table, relative to the repository root (README.md for a table not listed here)
 PAGES: dict[str, str] = {"solvers": "docs/samplers.md", "samplers": "docs/samplers.md",
                          "quality": "docs/few-step.md", "few_step": "docs/few-step.md", "shortcut": "docs/few-step.md",
                          "analytic_dpm": "docs/training-side.md", "sdo": "docs/training-side.md",
                          "integrations": "docs/integrations.md", "pipelines": "docs/integrations.md",
-                         "ops_host": "docs/benchmarks.md", "samplers_overhead": "docs/benchmarks.md"}
+                         "ops_host": "docs/benchmarks.md", "samplers_overhead": "docs/benchmarks.md",
+                         "demo": "README.md"}
 
 
 def page_of(name: str) -> str:

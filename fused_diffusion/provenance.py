@@ -28,8 +28,15 @@ def environment() -> dict:
     import diffusers
 
     return {"machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(),
-            "command": shlex.join(["python", *sys.argv])}
+            "diffusers": diffusers.__version__, "date": datetime.date.today().isoformat(), "command": command()}
+
+
+def command() -> str:
+    """The command line as typed: `python -m package ...` for a package run with -m (whose argv[0] is the path of
+    its __main__.py), else `python script ...`."""
+    script = Path(sys.argv[0])
+    program = ["-m", script.parent.name] if script.name == "__main__.py" else [sys.argv[0]]
+    return shlex.join(["python", *program, *sys.argv[1:]])
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -123,3 +123,14 @@ def test_time_to_quality_end_to_end_shows_every_registered_method(tmp_path, monk
         rows = list(csv.DictReader(f))
     assert [(r["method"], int(r["calls"])) for r in rows] == [(r.method.label, r.calls) for r in runs]
     assert all(r["machine"] and r["torch"] for r in rows)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/x/fused_diffusion/__main__.py", "demo", "--out", "a b"], "python -m fused_diffusion demo --out 'a b'"),
+    (["bench/bench_ops.py", "--host"], "python bench/bench_ops.py --host"),
+])
+def test_csv_rows_name_the_command_as_typed(monkeypatch, argv, expected):
+    from fused_diffusion import provenance
+
+    monkeypatch.setattr(sys, "argv", argv)
+    assert provenance.command() == expected

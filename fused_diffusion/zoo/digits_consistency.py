@@ -18,7 +18,7 @@ from .digits_unet import load_unet
 from .train import WEIGHTS
 
 # where multistep consistency sampling re-noises to after its first step: the paper chose its 2-step sigma by a
-# search of the sample quality, so does this (2-step FD on noise of another seed than the bench's, see the README)
+# search of the sample quality, so does this (2-step FD on noise of another seed than the bench's, see docs/few-step.md)
 RENOISE_SIGMA = 1.5
 
 
