@@ -96,7 +96,7 @@ def save_panels(panels: dict[str, Tensor], columns: int, path: str | Path,
 
     fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
     for ax, (title, images) in zip(axes[0], panels.items()):
-        ax.imshow(image_grid(images, columns), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image_grid(images, columns).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title)
         ax.axis("off")
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -147,7 +147,7 @@ def save_pictures(results: list[dict], samples: dict[tuple[str, int], Tensor], b
     for i, solver in enumerate(solvers):
         for j, budget in enumerate(budgets):
             ax = axes[i][j]
-            ax.imshow(image_grid(samples[solver, budget][:shown].cpu(), columns), cmap="gray_r", vmin=0, vmax=1,
+            ax.imshow(image_grid(samples[solver, budget][:shown].cpu(), columns).numpy(), cmap="gray_r", vmin=0, vmax=1,
                       interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -492,5 +492,6 @@ def check_mode_options(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"argument --sigma-min: must be below --sigma-max, got {args.sigma_min} and {args.sigma_max}")
 
 
-def main(args: argparse.Namespace) -> None:
-    {"gmm": gmm_demo, "solvers": solver_grid, "time": time_to_quality}[mode(args)](args)
+def main(args: argparse.Namespace):
+    """Runs the mode `args` chose; returns what it measured (the digits modes' runs or rows)."""
+    return {"gmm": gmm_demo, "solvers": solver_grid, "time": time_to_quality}[mode(args)](args)

@@ -3,7 +3,6 @@ grid (each solver's model-call budget is what it really calls)."""
 import argparse
 import csv
 import math
-import subprocess
 import sys
 
 import pytest
@@ -49,12 +48,20 @@ def test_every_solver_run_makes_the_model_calls_it_reports(budget):
         assert images.shape == (2, *shape) and torch.isfinite(images).all()
 
 
-def test_solver_grid_end_to_end_writes_the_pictures_and_table(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "fused_diffusion", "demo", "--solvers", "--samples", "12", "--reference-samples", "4",
-         "--reference-calls", "30", "--calls", "3", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
+def demo_args(*argv: str) -> argparse.Namespace:
+    """The demo's options as `python -m fused_diffusion demo ARGV` parses them (run in this process: the CLI itself
+    runs in CI's first command)."""
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(argv)
+    demo.check_mode_options(parser, args)
+    return args
+
+
+def test_solver_grid_end_to_end_writes_the_pictures_and_table(tmp_path, capsys):
+    demo.main(demo_args("--solvers", "--samples", "12", "--reference-samples", "4", "--reference-calls", "30",
+                        "--calls", "3", "--out", str(tmp_path)))
+    out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in
             [*demo.ODE_SOLVERS, "ddim"]]
     assert [r[0] for r in rows] == [*demo.ODE_SOLVERS, "ddim"]
@@ -63,9 +70,9 @@ def test_solver_grid_end_to_end_writes_the_pictures_and_table(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_gaussian_mixture_demo_runs():
-    out = subprocess.run([sys.executable, "-m", "fused_diffusion", "demo", "--gmm", "--steps", "4", "--batch", "8"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+def test_gaussian_mixture_demo_runs(capsys):
+    demo.main(demo_args("--gmm", "--steps", "4", "--batch", "8"))
+    out = capsys.readouterr().out
     assert "Gaussian mixture" in out and len([line for line in out.splitlines() if line.startswith("heun")]) == 1
 
 
@@ -109,8 +116,7 @@ def test_speedup_and_advice_per_budget():
 
 def test_time_to_quality_end_to_end_shows_every_registered_method(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sampling_methods, "BASELINE_CALLS", (5, 8))  # the ladder's cheap end: the suite's time
-    args = argparse.Namespace(device="cpu", samples=6, seed=0, out=str(tmp_path))
-    runs = demo.time_to_quality(args)
+    runs = demo.main(demo_args("--device", "cpu", "--samples", "6", "--out", str(tmp_path)))
     out = capsys.readouterr().out
     table = out[out.index("method"):out.index("* the baselines")]
     for method in fd.zoo.methods():
