@@ -22,6 +22,8 @@ from typing import Callable
 
 import fused_diffusion as fd
 from common import RESULTS
+from fused_diffusion import demo
+from fused_diffusion.zoo.sampling_methods import Method
 from fused_diffusion.solvers import EAGER_ONLY, SOLVERS, Solver
 from fused_diffusion.solvers.base import SCHEDULE_KINDS
 
@@ -194,7 +196,11 @@ def demo_table() -> str:
         if reached:
             r = min(reached, key=lambda r: int(r["calls"]))
             needs.append(f"{label} {r['calls']} calls ({float(r['seconds']):.2f} s)")
-    return (f"{first['samples']} samples from the same noise; FD: Frechet distance to held-out digits in a digits "
+    runs = [demo.Measured(Method(r["method"], r["kind"], (), None), int(r["calls"]), float(r["seconds"]),
+                          float(r["fd"]), float(r["confidence"]), None) for r in rows]
+    advice = demo.advice_text(demo.which_to_use(runs, target))
+    return (f"Which to use, in this run: {advice}.\n\n"
+            f"{first['samples']} samples from the same noise; FD: Frechet distance to held-out digits in a digits "
             f"classifier's features, lower is better (the train digits score {significant(float(first['data_fd']))}). "
             f"The baselines reach the target FD {significant(target)} with " + ", ".join(needs) + "; a method's "
             f"speed-up is their wall time for its FD over its own (> : no baseline run reaches it). "

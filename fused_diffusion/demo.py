@@ -223,18 +223,23 @@ def speedup_text(run: Measured, baselines: list[Measured]) -> str:
     return f"{ {'=': '', '<=': '<', '>=': '>'}[relation]}{seconds / run.seconds:.1f}x"
 
 
-def which_to_use(runs: list[Measured], target: float) -> list[str]:
-    """Per model-call budget, the best run within it, listed where the best changes, until one reaches `target`."""
-    lines, best = [], None
+def which_to_use(runs: list[Measured], target: float) -> list[tuple[str, Measured]]:
+    """(budget, best run within it) per model-call budget, listed where the best changes, until one reaches
+    `target`; budget as text, "1 call" or "<= N calls"."""
+    advice, best = [], None
     for calls in sorted({r.calls for r in runs}):
         candidate = min((r for r in runs if r.calls <= calls), key=lambda r: r.fd)
         if candidate is not best:
             best = candidate
-            budget = "1 call" if calls == 1 else f"<= {calls} calls"
-            lines.append(f"  {budget:<14}{best.method.label} at {best.calls}: FD {best.fd:.1f} in {best.seconds:.2f} s")
+            advice.append(("1 call" if calls == 1 else f"<= {calls} calls", best))
         if best.fd <= target:
             break
-    return lines
+    return advice
+
+
+def advice_text(advice: list[tuple[str, Measured]]) -> str:
+    """which_to_use's advice on one line, for titles and the README."""
+    return "; ".join(f"{budget}: {run.method.label} at {run.calls} (FD {run.fd:.1f})" for budget, run in advice)
 
 
 def time_to_quality(args: argparse.Namespace) -> list[Measured]:
@@ -299,10 +304,12 @@ def time_to_quality(args: argparse.Namespace) -> list[Measured]:
           "  > : no baseline run reaches it, < : even the cheapest is better")
     print()
     print("which to use: the best FD within a budget of model calls, in this run")
-    print("\n".join(which_to_use(runs, target)))
+    advice = which_to_use(runs, target)
+    for budget, run in advice:
+        print(f"  {budget:<14}{run.method.label} at {run.calls}: FD {run.fd:.1f} in {run.seconds:.2f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_method_rows(runs, baselines, target, out / "samples.png")
+    save_method_rows(runs, baselines, target, out / "samples.png", advice)
     save_quality_against_time(runs, target, data_fd, out / "quality.png")
     provenance.write_csv(out / "time_to_quality.csv", [
         {"method": r.method.label, "kind": r.method.kind, "calls": r.calls, "samples": args.samples,
@@ -327,7 +334,7 @@ def shown_runs(runs: list[Measured], target: float) -> list[Measured]:
 
 
 def save_method_rows(runs: list[Measured], baselines: list[Measured], target: float, path: Path,
-                     columns: int = 16) -> None:
+                     advice: list[tuple[str, Measured]], columns: int = 16) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,8 +350,9 @@ def save_method_rows(runs: list[Measured], baselines: list[Measured], target: fl
         ax.text(-0.01, 0.5, f"{run.method.label}, {run.calls} call{'s' * (run.calls > 1)}\n"
                 f"FD {run.fd:.1f}, {run.seconds:.2f} s" + ("" if speedup == "·" else f", {speedup} faster"),
                 fontsize=8, ha="right", va="center", transform=ax.transAxes)
-    fig.suptitle("digits model, the same noise: one row per method and model-call budget", fontsize=10)
-    fig.tight_layout(rect=(0.28, 0, 1, 0.98))
+    fig.suptitle("digits model, the same noise: one row per method and model-call budget\nwhich to use: "
+                 + advice_text(advice), fontsize=9)
+    fig.tight_layout(rect=(0.28, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

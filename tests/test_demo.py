@@ -97,8 +97,8 @@ def test_baseline_seconds_reads_the_front_of_the_baselines(fd_value, expected):
     assert relation == expected[1] and seconds == pytest.approx(expected[0])
 
 
-def budgets_and_labels(advice: list[str]) -> list[tuple[str, str]]:
-    return [(line[2:16].strip(), line[16:].split()[0]) for line in advice]
+def budgets_and_labels(advice: list[tuple[str, demo.Measured]]) -> list[tuple[str, str]]:
+    return [(budget, run.method.label) for budget, run in advice]
 
 
 def test_speedup_and_advice_per_budget():
