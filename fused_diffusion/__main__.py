@@ -55,8 +55,16 @@ TRAIN_OPTIONS = {"digits": UNET_OPTIONS, "digits-shortcut": UNET_OPTIONS, "digit
                  "digits-amed": ("student", "calls", "trajectories", "seed", "threads", "out")}
 
 
+# the distances each distilled student's loss takes
+DISTANCES = {"digits-consistency": fd.consistency.DISTANCES, "digits-pcm": fd.pcm.DISTANCES}
+
+
 def check_train_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exits as argparse does when an option the chosen model does not read was given another value."""
+    """Exits as argparse does when an option the chosen model does not read was given another value, or a
+    distance its loss does not take."""
+    if args.distance is not None and args.model in DISTANCES and args.distance not in DISTANCES[args.model]:
+        parser.error(f"argument --distance: `train {args.model}` takes {', '.join(DISTANCES[args.model])}, "
+                     f"got {args.distance!r}")
     for name in vars(args):
         if name in ("command", "model") or name in TRAIN_OPTIONS[args.model]:
             continue
@@ -113,9 +121,10 @@ def main() -> None:
     t.add_argument("--lr", type=cli_args.real(above=0), default=None,
                    help=f"default {defaults.lr}; the distilled students: fd.zoo.train.DISTILL_DEFAULTS")
     t.add_argument("--phases", type=cli_args.count(), default=None, help=f"digits-pcm: phases (default {defaults.phases})")
-    t.add_argument("--distance", choices=fd.consistency.DISTANCES, default=None,
-                   help=f"digits-consistency, digits-pcm: the distance of the loss (default {defaults.distance}; "
-                        "pseudo_huber: improved consistency training's)")
+    t.add_argument("--distance", choices=sorted({*fd.consistency.DISTANCES, *fd.pcm.DISTANCES}), default=None,
+                   help=f"the distance of the loss: digits-consistency {', '.join(fd.consistency.DISTANCES)} "
+                        f"(pseudo_huber: improved consistency training's), digits-pcm {', '.join(fd.pcm.DISTANCES)} "
+                        f"(huber: the PCM code's); default: fd.zoo.train.DISTILL_DEFAULTS, else {defaults.distance}")
     t.add_argument("--seed", type=cli_args.seed, default=defaults.seed)
     t.add_argument("--max-minutes", type=cli_args.real(above=0), default=None, help="stop early, saving, after this much wall time")
     t.add_argument("--threads", type=cli_args.count(), default=None)

@@ -776,6 +776,10 @@ def test_command_line_paths_and_options_are_checked_before_any_work(tmp_path, ca
         (["train", "digits", "--calls", "7"], "argument --calls: not used by `train digits`"),
         (["train", "digits", "--distance", "l2"], "argument --distance: not used by `train digits`"),
         (["train", "digits-consistency", "--distance", "l1"], "argument --distance: invalid choice: 'l1'"),
+        (["train", "digits-pcm", "--distance", "pseudo_huber"],
+         "argument --distance: `train digits-pcm` takes l2, huber, got 'pseudo_huber'"),
+        (["train", "digits-consistency", "--distance", "huber"],
+         "argument --distance: `train digits-consistency` takes l2, pseudo_huber, got 'huber'"),
     ]
     for argv, message in cases:
         assert message in cli_error(capsys, *argv), argv

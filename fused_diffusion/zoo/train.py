@@ -33,10 +33,11 @@ UNET_KINDS = {"ddpm": files.DIGITS_UNET, "shortcut": files.SHORTCUT_UNET, "flow"
 DISTILLED = ("consistency", "pcm")  # objectives whose student is distilled from the shipped digits model
 # a student starting from its teacher's weights takes smaller steps than a network trained from scratch; sized so
 # each run takes at most 60 minutes on one CPU thread (a CD iteration makes 3 forward passes and a backward one).
-# CD ships with N = 10 and mu = 0 (improved consistency training's choices): in this short budget they learned the
-# one-step map faster than the paper's N = 18, mu = 0.95 (docs/few-step.md, consistency models)
+# CD ships with N = 10, mu = 0 and the pseudo-Huber distance (improved consistency training's choices): in this
+# short budget they learned the one-step map faster than the paper's N = 18, mu = 0.95, and pseudo-Huber than l2
+# (docs/few-step.md, consistency models)
 DISTILL_DEFAULTS = {"consistency": {"lr": 4e-4, "warmup": 200, "iterations": 8000, "batch_size": 64, "scales": 10,
-                                    "target_ema": 0.0},
+                                    "target_ema": 0.0, "distance": "pseudo_huber"},
                     "pcm": {"lr": 1e-4, "warmup": 200, "iterations": 2500, "batch_size": 128}}
 
 
