@@ -271,6 +271,7 @@ def time_to_quality(args: argparse.Namespace) -> list[Measured]:
                 runs.append(Measured(method, calls, seconds, metrics.frechet_distance(images), confidence, images))
                 bar.update()
     baselines = [r for r in runs if r.method.kind == "baseline"]
+    costs = {m.label: m.training_cost() for m in registry}  # read once from each file: printed and written below
     converged = max(baselines, key=lambda r: (r.calls, -r.fd))
     target = converged.fd * TARGET_MARGIN
     data_fd = metrics.frechet_distance(load_digits_split().train_images[: args.samples])
@@ -294,7 +295,7 @@ def time_to_quality(args: argparse.Namespace) -> list[Measured]:
         if run.method.kind != kind:
             kind = run.method.kind
             print(f"  {kind}s")
-        cost = run.method.training_cost()
+        cost = costs[run.method.label]
         trained = (f"{cost['train_minutes']} min" + (f", {cost['teacher_calls']:,} teacher calls"
                                                     if cost["teacher_calls"] else "")
                    if cost["train_minutes"] else "-")
@@ -314,7 +315,7 @@ def time_to_quality(args: argparse.Namespace) -> list[Measured]:
     provenance.write_csv(out / "time_to_quality.csv", [
         {"method": r.method.label, "kind": r.method.kind, "calls": r.calls, "samples": args.samples,
          "seconds": round(r.seconds, 4), "fd": round(r.fd, 4), "confidence": round(r.confidence, 4),
-         "speedup": speedup_text(r, baselines), **r.method.training_cost(), "target_fd": round(target, 4),
+         "speedup": speedup_text(r, baselines), **costs[r.method.label], "target_fd": round(target, 4),
          "data_fd": round(data_fd, 4)} for r in runs])
     print(f"wrote {out / 'samples.png'}, {out / 'quality.png'} and {out / 'time_to_quality.csv'}")
     return runs
